@@ -1,0 +1,3 @@
+from rscrisis.cli.main import run
+
+run()

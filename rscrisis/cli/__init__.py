@@ -1,0 +1,1 @@
+"""The thin typer layer over the rscrisis library (DESIGN.md: parse, resolve, call, print)."""

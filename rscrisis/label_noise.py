@@ -1,0 +1,68 @@
+"""Simulate OpenStreetMap-like label noise on clean building footprints.
+
+OSM footprints differ from the truth in a few typical ways: buildings are missing (not mapped
+yet), outlines are offset (traced on older, differently orthorectified imagery; the offset is
+shared by a whole mapping session, plus per-building jitter), outlines are too fat or too thin,
+corners are cut, and occasionally something that is not a building is mapped. Each of these is
+one knob of :class:`LabelNoise`, expressed in metres so it means the same at any resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from shapely import affinity
+
+from rscrisis.errors import InputError
+
+
+@dataclass(frozen=True)
+class LabelNoise:
+    drop: float = 0.15  # fraction of buildings removed
+    global_shift_m: tuple[float, float] = (1.2, -0.9)  # offset shared by all polygons (x, y)
+    jitter_m: float = 0.6  # std of per-building extra offset
+    buffer_std_m: float = 0.35  # std of per-building erosion (<0) / dilation (>0)
+    simplify_m: float = 0.5  # Douglas-Peucker tolerance (cut corners)
+    false_blobs: float = 0.03  # false polygons added, as a fraction of the building count
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def apply_label_noise(frame: gpd.GeoDataFrame, noise: LabelNoise) -> gpd.GeoDataFrame:
+    """Return a noisy copy of ``frame`` (same CRS; a projected CRS in metres is required)."""
+    if frame.crs is None or frame.crs.is_geographic:
+        raise InputError(
+            "label noise is specified in metres and needs labels in a projected CRS",
+            hint="reproject first, e.g. frame.to_crs(frame.estimate_utm_crs())",
+        )
+    rng = np.random.default_rng(noise.seed)
+    geoms = list(frame.geometry.values)
+    keep = rng.random(len(geoms)) >= noise.drop
+    out = []
+    gx, gy = noise.global_shift_m
+    for geom, k in zip(geoms, keep, strict=True):
+        if not k:
+            continue
+        dx, dy = rng.normal(0.0, noise.jitter_m, 2)
+        g = affinity.translate(geom, gx + dx, gy + dy)
+        b = rng.normal(0.0, noise.buffer_std_m)
+        if b:
+            g = g.buffer(b, join_style="mitre")
+        if noise.simplify_m:
+            g = g.simplify(noise.simplify_m, preserve_topology=True)
+        if not g.is_empty and g.area > 1.0:
+            out.append(g)
+    n_false = round(noise.false_blobs * len(geoms))
+    if n_false and len(geoms):
+        xmin, ymin, xmax, ymax = frame.total_bounds
+        for _ in range(n_false):
+            cx, cy = rng.uniform(xmin, xmax), rng.uniform(ymin, ymax)
+            r = rng.uniform(2.0, 5.0)
+            blob = shapely.Point(cx, cy).buffer(r, quad_segs=3)
+            out.append(affinity.scale(blob, rng.uniform(0.6, 1.4), rng.uniform(0.6, 1.4)))
+    return gpd.GeoDataFrame({"noisy": [True] * len(out)}, geometry=out, crs=frame.crs)

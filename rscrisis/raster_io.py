@@ -1,0 +1,289 @@
+"""Raster input: open messy GeoTIFFs, validate them once, and read windows safely.
+
+Field imagery arrives in many shapes: georeferencing held only in ``.aux.xml`` sidecars (GDAL's
+PAM, read transparently by ``rasterio.open``), geographic or projected CRSs, uint8 or uint16, an
+alpha band instead of a nodata value, sizes that are not a multiple of anything. This module turns
+all of that into one :class:`SceneInfo` (what the scene is) and :func:`open_grid` (a dataset,
+possibly a resampling ``WarpedVRT``, to read windows from), so that the tiler and the whole-scene
+predictor read imagery the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from rscrisis.errors import BandError, NotGeoreferencedError, RasterReadError
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What a scene is, checked once before any output is written."""
+
+    path: Path
+    name: str
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    bands: tuple[int, ...]
+    colorinterp: tuple[str, ...]
+    has_alpha: bool
+    gsd_m: tuple[float, float]
+
+    @property
+    def band_count(self) -> int:
+        return len(self.bands)
+
+
+def expand_raster_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Turn files, folders and glob patterns into a sorted, de-duplicated list of rasters."""
+    import glob
+
+    found: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            found.extend(
+                p for p in sorted(path.iterdir()) if p.suffix.lower() in RASTER_SUFFIXES
+            )
+        elif any(ch in text for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
+            found.extend(m for m in matches if m.suffix.lower() in RASTER_SUFFIXES)
+            if not matches:
+                raise RasterReadError("the pattern matches no file", path=text)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise RasterReadError("no such file or folder", path=path, hint="check the path")
+    unique: dict[Path, None] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), None)
+    if not unique:
+        raise RasterReadError(
+            "no raster found in the inputs",
+            path=", ".join(str(i) for i in inputs),
+            hint="give GeoTIFF files, folders holding them, or globs "
+            f"({', '.join(RASTER_SUFFIXES)})",
+        )
+    return list(unique)
+
+
+@contextlib.contextmanager
+def open_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
+    """``rasterio.open`` with read failures turned into a one-line :class:`RasterReadError`."""
+    try:
+        ds = rasterio.open(path)
+    except RasterioIOError as exc:
+        msg = str(exc).split("\n")[0]
+        raise RasterReadError(
+            f"cannot be read as a raster ({msg})",
+            path=path,
+            hint="check that the file is a complete GeoTIFF (gdalinfo shows what GDAL sees)",
+        ) from exc
+    try:
+        yield ds
+    finally:
+        ds.close()
+
+
+def crs_units_per_metre(crs: CRS, lon: float, lat: float) -> tuple[float, float]:
+    """CRS units per metre along x and y at a point (degrees for geographic CRSs)."""
+    if crs.is_geographic:
+        import pyproj
+
+        geod = pyproj.CRS.from_user_input(crs.to_wkt()).get_geod()
+        step = 1e-4
+        _, _, mx = geod.inv(lon, lat, lon + step, lat)
+        _, _, my = geod.inv(lon, lat, lon, lat + step)
+        return step / mx, step / my
+    _, factor = crs.linear_units_factor
+    return 1.0 / factor, 1.0 / factor
+
+
+def _ground_sampling(crs: CRS, transform: Affine, width: int, height: int) -> tuple[float, float]:
+    cx, cy = transform * (width / 2, height / 2)
+    ux, uy = crs_units_per_metre(crs, cx, cy)
+    px = math.hypot(transform.a, transform.d)
+    py = math.hypot(transform.b, transform.e)
+    return px / ux, py / uy
+
+
+def inspect_scene(path: Path, bands: Sequence[int] | None = None) -> SceneInfo:
+    """Open ``path``, check georeferencing and band selection, and describe it.
+
+    Raises a :class:`~rscrisis.errors.InputError` subclass naming the file for anything that
+    would make tiles wrong: no CRS, no geotransform (GCP-only rasters included), band indices out
+    of range, or selecting the alpha band as imagery.
+    """
+    with open_raster(path) as ds:
+        if ds.crs is None or ds.transform == Affine.identity():
+            extra = " (it has GCPs only)" if ds.gcps[0] else ""
+            raise NotGeoreferencedError(
+                f"has no georeferencing{extra}: no CRS or geotransform in the file or an "
+                ".aux.xml sidecar",
+                path=path,
+                hint="georeference it first, e.g. gdalwarp -t_srs EPSG:XXXX in.tif out.tif",
+            )
+        interp = tuple(ci.name for ci in ds.colorinterp)
+        alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
+        if bands:
+            bad = [b for b in bands if b < 1 or b > ds.count]
+            if bad:
+                raise BandError(
+                    f"band {bad[0]} does not exist: the raster has {ds.count} band(s), "
+                    f"numbered 1..{ds.count}",
+                    path=path,
+                    hint="fix --bands",
+                )
+            chosen = tuple(bands)
+        else:
+            chosen = tuple(b for b in range(1, ds.count + 1) if b not in alpha)
+        if not chosen:
+            raise BandError("has no image band besides alpha", path=path)
+        dtypes = {ds.dtypes[b - 1] for b in chosen}
+        if len(dtypes) > 1:
+            raise BandError(
+                f"selected bands have mixed data types {sorted(dtypes)}",
+                path=path,
+                hint="select bands of one data type with --bands",
+            )
+        return SceneInfo(
+            path=path,
+            name=path.stem,
+            crs=ds.crs,
+            transform=ds.transform,
+            width=ds.width,
+            height=ds.height,
+            count=ds.count,
+            dtype=dtypes.pop(),
+            nodata=ds.nodata,
+            bands=chosen,
+            colorinterp=tuple(interp[b - 1] for b in chosen),
+            has_alpha=bool(alpha),
+            gsd_m=_ground_sampling(ds.crs, ds.transform, ds.width, ds.height),
+        )
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The pixel grid tiles are cut from: the scene's own, or a resampled one."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+    gsd_m: tuple[float, float]
+
+    @property
+    def resampled(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class ResampledGrid(Grid):
+    resampling: str = "bilinear"
+
+    @property
+    def resampled(self) -> bool:
+        return True
+
+
+def target_grid(info: SceneInfo, resolution_m: float | None, resampling: str) -> Grid:
+    """The grid to tile on: native, or north-up at ``resolution_m`` metres in the scene CRS.
+
+    For a geographic CRS the metre resolution is converted to degrees at the scene centre, so
+    tiles keep the source CRS (as DESIGN.md requires) and have square ground pixels there.
+    """
+    if resolution_m is None:
+        return Grid(info.crs, info.transform, info.width, info.height, info.gsd_m)
+    corners = [info.transform * xy for xy in
+               ((0, 0), (info.width, 0), (0, info.height), (info.width, info.height))]
+    xs, ys = zip(*corners, strict=True)
+    left, right, bottom, top = min(xs), max(xs), min(ys), max(ys)
+    ux, uy = crs_units_per_metre(info.crs, (left + right) / 2, (bottom + top) / 2)
+    rx, ry = resolution_m * ux, resolution_m * uy
+    width = max(1, math.ceil((right - left) / rx - 1e-9))
+    height = max(1, math.ceil((top - bottom) / ry - 1e-9))
+    transform = Affine(rx, 0.0, left, 0.0, -ry, top)
+    return ResampledGrid(info.crs, transform, width, height, (resolution_m, resolution_m),
+                         resampling)
+
+
+@contextlib.contextmanager
+def open_grid(info: SceneInfo, grid: Grid) -> Iterator[rasterio.io.DatasetReaderBase]:
+    """A dataset to read ``grid`` windows from: the file itself or a resampling WarpedVRT.
+
+    Validity comes from GDAL's mask machinery either way (nodata value, alpha band, internal
+    mask); a resampling VRT over a source without nodata gets an alpha band so pixels outside
+    the source stay invalid.
+    """
+    with open_raster(info.path) as src:
+        if not grid.resampled:
+            yield src
+            return
+        assert isinstance(grid, ResampledGrid)
+        vrt_opts: dict = {
+            "crs": grid.crs,
+            "transform": grid.transform,
+            "width": grid.width,
+            "height": grid.height,
+            "resampling": Resampling[grid.resampling],
+        }
+        if info.nodata is None:
+            vrt_opts["add_alpha"] = True
+        with WarpedVRT(src, **vrt_opts) as vrt:
+            yield vrt
+
+
+def read_padded(
+    ds: rasterio.io.DatasetReaderBase,
+    bands: Sequence[int],
+    window: Window,
+    fill: float = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``window`` even where it runs past the raster edge.
+
+    Returns ``(data, valid)`` with data shaped (bands, h, w) in the source dtype, and ``valid`` a
+    boolean (h, w) array: False for nodata/alpha-masked pixels and for the padding outside the
+    raster. Only the part inside the raster is read (no boundless VRT), so memory is the window.
+    """
+    h, w = int(window.height), int(window.width)
+    data = np.full((len(bands), h, w), fill, dtype=ds.dtypes[bands[0] - 1])
+    valid = np.zeros((h, w), dtype=bool)
+    r0, c0 = int(window.row_off), int(window.col_off)
+    rr0, cc0 = max(r0, 0), max(c0, 0)
+    rr1, cc1 = min(r0 + h, ds.height), min(c0 + w, ds.width)
+    if rr1 <= rr0 or cc1 <= cc0:
+        return data, valid
+    inner = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
+    sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
+    try:
+        data[:, sl[0], sl[1]] = ds.read(list(bands), window=inner)
+        masks = ds.read_masks(list(bands), window=inner)
+    except RasterioIOError as exc:
+        raise RasterReadError(
+            f"read failed in window {inner} ({str(exc).splitlines()[0]})",
+            path=getattr(ds, "name", None),
+            hint="the file may be truncated or corrupt; check it with gdalinfo -checksum",
+        ) from exc
+    valid[sl] = np.all(masks > 0, axis=0)
+    return data, valid

@@ -1,0 +1,83 @@
+"""The tile-set folder layout (DESIGN.md), shared by every stage that reads or writes tiles.
+
+::
+
+    tiles/
+      images/<tile_id>.tif   GeoTIFF in the source CRS; transform = scene grid shifted by window
+      masks/<tile_id>.tif    uint8: 1 building, 0 background, 255 ignore (nodata / padding)
+      index.gpkg             layer "tiles": one row per tile, footprint in the scene CRS
+      tileset.json           resolved config, inputs, band layout; status "complete" when done
+
+A tile set is complete when ``index.gpkg`` exists (it is written last, atomically).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from affine import Affine
+from shapely.geometry import Polygon
+
+from rscrisis.errors import InputError
+
+IMAGES = "images"
+MASKS = "masks"
+INDEX = "index.gpkg"
+INDEX_LAYER = "tiles"
+MANIFEST = "tileset.json"
+PRODUCTS = (IMAGES, MASKS, INDEX, MANIFEST)
+
+MASK_BACKGROUND = 0
+MASK_BUILDING = 1
+MASK_IGNORE = 255
+
+
+@dataclass(frozen=True)
+class TileSetLayout:
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / IMAGES
+
+    @property
+    def masks(self) -> Path:
+        return self.root / MASKS
+
+    @property
+    def index(self) -> Path:
+        return self.root / INDEX
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    def image_path(self, tile_id: str) -> Path:
+        return self.images / f"{tile_id}.tif"
+
+    def mask_path(self, tile_id: str) -> Path:
+        return self.masks / f"{tile_id}.tif"
+
+
+def tile_id(scene_name: str, grid_row: int, grid_col: int) -> str:
+    """Stable, deterministic id: scene name + grid position (row, column of the tile grid)."""
+    return f"{scene_name}_r{grid_row:04d}_c{grid_col:04d}"
+
+
+def footprint(transform: Affine, width: int, height: int) -> Polygon:
+    """The four corners of a ``width`` x ``height`` pixel block, exact for rotated transforms."""
+    corners = [transform * xy for xy in ((0, 0), (width, 0), (width, height), (0, height))]
+    return Polygon(corners)
+
+
+def read_index(root: Path):
+    """Open a tile set's index as a GeoDataFrame, with a clear error if it is not a tile set."""
+    import geopandas as gpd
+
+    layout = TileSetLayout(Path(root))
+    if not layout.index.exists():
+        hint = ("it looks interrupted: rerun rscrisis tile with --resume"
+                if layout.manifest.exists() else "make one with rscrisis tile")
+        raise InputError(f"is not a complete tile set (no {INDEX})", path=root, hint=hint)
+    return gpd.read_file(layout.index, layer=INDEX_LAYER, engine="pyogrio")
