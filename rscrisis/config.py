@@ -25,7 +25,9 @@ class TileConfig(_Config):
     size: int = Field(256, ge=16, le=8192, description="tile width and height in pixels")
     overlap: int = Field(0, ge=0, description="pixels shared by neighbouring tiles")
     min_valid: float = Field(
-        0.0, ge=0.0, le=1.0,
+        0.0,
+        ge=0.0,
+        le=1.0,
         description="skip tiles whose valid (not nodata, not padding) pixel fraction is below "
         "this; tiles with no valid pixel are always skipped",
     )

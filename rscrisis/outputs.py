@@ -62,8 +62,7 @@ def guard_output_dir(out: Path, products: Iterable[str], *, overwrite: bool, res
     if overwrite and resume:
         raise InputError("--overwrite and --resume exclude each other", hint="choose one")
     if out.exists() and not out.is_dir():
-        raise OutputExistsError("exists and is not a folder", path=out,
-                                hint="choose another --out")
+        raise OutputExistsError("exists and is not a folder", path=out, hint="choose another --out")
     existing = [out / p for p in products if (out / p).exists()]
     if not existing:
         return

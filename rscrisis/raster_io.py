@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,8 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -62,9 +63,7 @@ def expand_raster_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            found.extend(
-                p for p in sorted(path.iterdir()) if p.suffix.lower() in RASTER_SUFFIXES
-            )
+            found.extend(p for p in sorted(path.iterdir()) if p.suffix.lower() in RASTER_SUFFIXES)
         elif any(ch in text for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
             found.extend(m for m in matches if m.suffix.lower() in RASTER_SUFFIXES)
@@ -91,7 +90,10 @@ def expand_raster_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 def open_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
     """``rasterio.open`` with read failures turned into a one-line :class:`RasterReadError`."""
     try:
-        ds = rasterio.open(path)
+        with warnings.catch_warnings():
+            # a missing georeference is reported by inspect_scene as a one-line error instead
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
     except RasterioIOError as exc:
         msg = str(exc).split("\n")[0]
         raise RasterReadError(
@@ -120,7 +122,7 @@ def crs_units_per_metre(crs: CRS, lon: float, lat: float) -> tuple[float, float]
 
 
 def _ground_sampling(crs: CRS, transform: Affine, width: int, height: int) -> tuple[float, float]:
-    cx, cy = transform * (width / 2, height / 2)
+    cx, cy = transform @ (width / 2, height / 2)
     ux, uy = crs_units_per_metre(crs, cx, cy)
     px = math.hypot(transform.a, transform.d)
     py = math.hypot(transform.b, transform.e)
@@ -134,7 +136,8 @@ def inspect_scene(path: Path, bands: Sequence[int] | None = None) -> SceneInfo:
     would make tiles wrong: no CRS, no geotransform (GCP-only rasters included), band indices out
     of range, or selecting the alpha band as imagery.
     """
-    with open_raster(path) as ds:
+    with open_raster(path) as ds, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         if ds.crs is None or ds.transform == Affine.identity():
             extra = " (it has GCPs only)" if ds.gcps[0] else ""
             raise NotGeoreferencedError(
@@ -215,8 +218,10 @@ def target_grid(info: SceneInfo, resolution_m: float | None, resampling: str) ->
     """
     if resolution_m is None:
         return Grid(info.crs, info.transform, info.width, info.height, info.gsd_m)
-    corners = [info.transform * xy for xy in
-               ((0, 0), (info.width, 0), (0, info.height), (info.width, info.height))]
+    corners = [
+        info.transform @ xy
+        for xy in ((0, 0), (info.width, 0), (0, info.height), (info.width, info.height))
+    ]
     xs, ys = zip(*corners, strict=True)
     left, right, bottom, top = min(xs), max(xs), min(ys), max(ys)
     ux, uy = crs_units_per_metre(info.crs, (left + right) / 2, (bottom + top) / 2)
@@ -224,8 +229,9 @@ def target_grid(info: SceneInfo, resolution_m: float | None, resampling: str) ->
     width = max(1, math.ceil((right - left) / rx - 1e-9))
     height = max(1, math.ceil((top - bottom) / ry - 1e-9))
     transform = Affine(rx, 0.0, left, 0.0, -ry, top)
-    return ResampledGrid(info.crs, transform, width, height, (resolution_m, resolution_m),
-                         resampling)
+    return ResampledGrid(
+        info.crs, transform, width, height, (resolution_m, resolution_m), resampling
+    )
 
 
 @contextlib.contextmanager
@@ -277,13 +283,34 @@ def read_padded(
     inner = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
     sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
     try:
-        data[:, sl[0], sl[1]] = ds.read(list(bands), window=inner)
-        masks = ds.read_masks(list(bands), window=inner)
+        block = ds.read(list(bands), window=inner)
+        data[:, sl[0], sl[1]] = block
+        valid[sl] = _valid_pixels(ds, bands, inner, block)
     except RasterioIOError as exc:
         raise RasterReadError(
             f"read failed in window {inner} ({str(exc).splitlines()[0]})",
             path=getattr(ds, "name", None),
             hint="the file may be truncated or corrupt; check it with gdalinfo -checksum",
         ) from exc
-    valid[sl] = np.all(masks > 0, axis=0)
     return data, valid
+
+
+def _valid_pixels(ds, bands: Sequence[int], window: Window, block: np.ndarray) -> np.ndarray:
+    """Validity of ``block`` following GDAL's dataset-mask rule, without needless mask reads.
+
+    All-valid rasters need no mask read; an alpha band or internal mask is shared by all
+    bands, so one band's mask is read; nodata masks are computed from the pixels already read
+    (a pixel is valid when any band differs from nodata, as ``dataset_mask()`` does).
+    """
+    flags = [ds.mask_flag_enums[b - 1] for b in bands]
+    if all(MaskFlags.all_valid in f for f in flags):
+        return np.ones(block.shape[1:], bool)
+    if any(MaskFlags.per_dataset in f for f in flags):
+        return ds.read_masks(bands[0], window=window) > 0
+    if all(MaskFlags.nodata in f for f in flags):
+        nodata = [ds.nodatavals[b - 1] for b in bands]
+        invalid = np.ones(block.shape[1:], bool)
+        for band, nd in zip(block, nodata, strict=True):
+            invalid &= np.isnan(band) if (nd is not None and np.isnan(nd)) else band == nd
+        return ~invalid
+    return np.any(ds.read_masks(list(bands), window=window) > 0, axis=0)

@@ -55,19 +55,41 @@ class AreaStyle:
 
 
 AREA_A = AreaStyle(
-    name="area_a", origin=(353_900.0, 3_057_500.0), ground=(150, 128, 102),
-    vegetation=(78, 104, 52), vegetation_cover=0.25,
-    roofs=((176, 92, 68), (158, 152, 146), (84, 110, 150), (196, 188, 170), (120, 74, 58),
-           (100, 120, 90)),
-    building_attempts=2600, size_m=(6.0, 18.0), road_spacing_m=85.0, sun_azimuth_deg=135.0,
-    shadow_m=(1.5, 3.5), haze=0.0, collar=False,
+    name="area_a",
+    origin=(353_900.0, 3_057_500.0),
+    ground=(150, 128, 102),
+    vegetation=(78, 104, 52),
+    vegetation_cover=0.25,
+    roofs=(
+        (176, 92, 68),
+        (158, 152, 146),
+        (84, 110, 150),
+        (196, 188, 170),
+        (120, 74, 58),
+        (100, 120, 90),
+    ),
+    building_attempts=2600,
+    size_m=(6.0, 18.0),
+    road_spacing_m=85.0,
+    sun_azimuth_deg=135.0,
+    shadow_m=(1.5, 3.5),
+    haze=0.0,
+    collar=False,
 )
 AREA_B = AreaStyle(
-    name="area_b", origin=(332_300.0, 3_065_200.0), ground=(172, 160, 140),
-    vegetation=(96, 112, 70), vegetation_cover=0.15,
+    name="area_b",
+    origin=(332_300.0, 3_065_200.0),
+    ground=(172, 160, 140),
+    vegetation=(96, 112, 70),
+    vegetation_cover=0.15,
     roofs=((222, 222, 216), (150, 60, 48), (70, 72, 78), (182, 196, 206), (212, 168, 96)),
-    building_attempts=1400, size_m=(5.0, 14.0), road_spacing_m=60.0, sun_azimuth_deg=215.0,
-    shadow_m=(1.0, 2.5), haze=0.22, collar=True,
+    building_attempts=1400,
+    size_m=(5.0, 14.0),
+    road_spacing_m=60.0,
+    sun_azimuth_deg=215.0,
+    shadow_m=(1.0, 2.5),
+    haze=0.22,
+    collar=True,
 )
 
 
@@ -83,7 +105,7 @@ def smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndar
     b = grid[y0][:, x0 + 1]
     c = grid[y0 + 1][:, x0]
     d = grid[y0 + 1][:, x0 + 1]
-    return (a * (1 - fx) * (1 - fy) + b * fx * (1 - fy) + c * (1 - fx) * fy + d * fx * fy)
+    return a * (1 - fx) * (1 - fy) + b * fx * (1 - fy) + c * (1 - fx) * fy + d * fx * fy
 
 
 def _fractal(rng: np.random.Generator, h: int, w: int, cells: tuple[int, ...]) -> np.ndarray:
@@ -100,17 +122,14 @@ def _burn(geoms, shape: tuple[int, int], transform: Affine) -> np.ndarray:
     geoms = [g for g in geoms if g is not None and not g.is_empty]
     if not geoms:
         return np.zeros(shape, bool)
-    return rasterize(((g, 1) for g in geoms), out_shape=shape, transform=transform,
-                     fill=0, dtype="uint8").astype(bool)
+    return rasterize(
+        ((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8"
+    ).astype(bool)
 
 
-def _paint(img: np.ndarray, where: np.ndarray, colour, strength: float = 1.0) -> None:
-    c = np.asarray(colour, np.float32)
-    img[where] = img[where] * (1 - strength) + c * strength
-
-
-def _roads(rng: np.random.Generator, bounds: tuple[float, float, float, float],
-           spacing: float) -> list[tuple[LineString, float]]:
+def _roads(
+    rng: np.random.Generator, bounds: tuple[float, float, float, float], spacing: float
+) -> list[tuple[LineString, float]]:
     """A jittered grid of roads (line, width in metres), rotated as a whole."""
     xmin, ymin, xmax, ymax = bounds
     cx, cy = (xmin + xmax) / 2, (ymin + ymax) / 2
@@ -125,8 +144,9 @@ def _roads(rng: np.random.Generator, bounds: tuple[float, float, float, float],
             for t in np.linspace(-half, half, 9):
                 wobble = rng.normal(0, spacing * 0.04)
                 pts.append((t, pos + wobble) if axis == 0 else (pos + wobble, t))
-            line = affinity.translate(affinity.rotate(LineString(pts), angle, origin=(0, 0)),
-                                      cx, cy)
+            line = affinity.translate(
+                affinity.rotate(LineString(pts), angle, origin=(0, 0)), cx, cy
+            )
             roads.append((line, float(width)))
             pos += spacing * rng.uniform(0.7, 1.3)
     return roads
@@ -147,9 +167,12 @@ def _building_shape(rng: np.random.Generator, style: AreaStyle) -> Polygon:
     return shape
 
 
-def _place_buildings(rng: np.random.Generator, style: AreaStyle,
-                     bounds: tuple[float, float, float, float],
-                     roads: list[tuple[LineString, float]]) -> list[Polygon]:
+def _place_buildings(
+    rng: np.random.Generator,
+    style: AreaStyle,
+    bounds: tuple[float, float, float, float],
+    roads: list[tuple[LineString, float]],
+) -> list[Polygon]:
     xmin, ymin, xmax, ymax = bounds
     road_geoms = [line.buffer(width / 2 + 1.5) for line, width in roads]
     road_tree = shapely.STRtree(road_geoms)
@@ -165,8 +188,9 @@ def _place_buildings(rng: np.random.Generator, style: AreaStyle,
         a = nearest.interpolate(max(0.0, p - 1.0))
         b = nearest.interpolate(p + 1.0)
         angle = math.degrees(math.atan2(b.y - a.y, b.x - a.x)) + rng.normal(0, 4)
-        shape = affinity.translate(affinity.rotate(_building_shape(rng, style), angle,
-                                                   origin=(0, 0)), cx, cy)
+        shape = affinity.translate(
+            affinity.rotate(_building_shape(rng, style), angle, origin=(0, 0)), cx, cy
+        )
         if len(road_tree.query(shape, predicate="intersects")):
             continue
         key = (int(cx // cell), int(cy // cell))
@@ -189,8 +213,9 @@ def _place_buildings(rng: np.random.Generator, style: AreaStyle,
     return placed
 
 
-def render_scene(style: AreaStyle, size: int, gsd: float, seed: int
-                 ) -> tuple[np.ndarray, np.ndarray, Affine, list[Polygon]]:
+def render_scene(
+    style: AreaStyle, size: int, gsd: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, Affine, list[Polygon]]:
     """Draw one scene: (image uint8 (3, H, W), valid mask (H, W), transform, footprints)."""
     rng = np.random.default_rng(seed)
     h = w = size
@@ -228,8 +253,9 @@ def render_scene(style: AreaStyle, size: int, gsd: float, seed: int
     for _ in range(n_trees):
         tx, ty = rng.uniform(bounds[0], bounds[2]), rng.uniform(bounds[1], bounds[3])
         trees.append(shapely.Point(tx, ty).buffer(rng.uniform(1.5, 4.0), quad_segs=4))
-    tree_shadow = _burn([affinity.translate(t, sx * 2.5, sy * 2.5) for t in trees], (h, w),
-                        transform)
+    tree_shadow = _burn(
+        [affinity.translate(t, sx * 2.5, sy * 2.5) for t in trees], (h, w), transform
+    )
     shadow_mask = _burn(shadows, (h, w), transform) | tree_shadow
     img[shadow_mask] *= 0.45
     tree_mask = _burn(trees, (h, w), transform) & ~road_mask
@@ -250,10 +276,10 @@ def render_scene(style: AreaStyle, size: int, gsd: float, seed: int
         e2 = np.subtract(coords[2], coords[1])
         long_axis = e1 if np.hypot(*e1) >= np.hypot(*e2) else e2
         c = b.centroid
-        half = affinity.translate(
-            box(-100, 0, 100, 100), c.x, c.y)
-        half = affinity.rotate(half, math.degrees(math.atan2(long_axis[1], long_axis[0])),
-                               origin=(c.x, c.y))
+        half = affinity.translate(box(-100, 0, 100, 100), c.x, c.y)
+        half = affinity.rotate(
+            half, math.degrees(math.atan2(long_axis[1], long_axis[0])), origin=(c.x, c.y)
+        )
         lit = _burn([b.intersection(half)], (h, w), transform)
         shade = np.where(lit, 1.08, 0.88)[roof]
         img[roof] = colour * (shade * (0.9 + 0.2 * roof_noise[roof]))[:, None]
@@ -266,9 +292,9 @@ def render_scene(style: AreaStyle, size: int, gsd: float, seed: int
     # optical blur (3x3 binomial) and sensor noise
     pad = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
     k = np.array([1, 2, 1], np.float32) / 4
-    img = sum(k[i] * pad[i:i + h, 1:-1] for i in range(3))
+    img = sum(k[i] * pad[i : i + h, 1:-1] for i in range(3))
     pad = np.pad(img, ((0, 0), (1, 1), (0, 0)), mode="edge")
-    img = sum(k[i] * pad[:, i:i + w] for i in range(3))
+    img = sum(k[i] * pad[:, i : i + w] for i in range(3))
     img = img + rng.normal(0, 3.5, img.shape).astype(np.float32)
     image = np.clip(img, 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
@@ -278,29 +304,42 @@ def render_scene(style: AreaStyle, size: int, gsd: float, seed: int
         yy, xx = np.mgrid[0:h, 0:w]
         valid = (yy - xx) < int(0.62 * h)
         image[:, ~valid] = 0
-    visible = [b for b in buildings
-               if not b.intersection(box(*bounds)).is_empty]
+    visible = [b for b in buildings if not b.intersection(box(*bounds)).is_empty]
     return image, valid, transform, visible
 
 
-def _write_scene(path: Path, image: np.ndarray, valid: np.ndarray, transform: Affine,
-                 crs: CRS, quality: int) -> None:
+def _write_scene(
+    path: Path, image: np.ndarray, valid: np.ndarray, transform: Affine, crs: CRS, quality: int
+) -> None:
     profile = {
-        "driver": "GTiff", "width": image.shape[2], "height": image.shape[1], "count": 3,
-        "dtype": "uint8", "crs": crs, "transform": transform, "tiled": True,
-        "blockxsize": 256, "blockysize": 256, "compress": "jpeg", "photometric": "ycbcr",
+        "driver": "GTiff",
+        "width": image.shape[2],
+        "height": image.shape[1],
+        "count": 3,
+        "dtype": "uint8",
+        "crs": crs,
+        "transform": transform,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "jpeg",
+        "photometric": "ycbcr",
         "quality": quality,
     }
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), atomic_path(path) as tmp, \
-            rasterio.open(tmp, "w", **profile) as dst:
+    with (
+        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+        atomic_path(path) as tmp,
+        rasterio.open(tmp, "w", **profile) as dst,
+    ):
         dst.write(image)
         if not valid.all():
             dst.write_mask(valid.astype(np.uint8) * 255)
 
 
 def _write_vector(path: Path, geoms: list, crs: CRS, **columns) -> None:
-    frame = gpd.GeoDataFrame({"building": ["yes"] * len(geoms), **columns}, geometry=geoms,
-                             crs=crs.to_wkt())
+    frame = gpd.GeoDataFrame(
+        {"building": ["yes"] * len(geoms), **columns}, geometry=geoms, crs=crs.to_wkt()
+    )
     with atomic_path(path) as tmp:
         frame.to_file(tmp, driver="GPKG", layer="buildings", engine="pyogrio")
 
@@ -308,8 +347,9 @@ def _write_vector(path: Path, geoms: list, crs: CRS, **columns) -> None:
 SAMPLE_PRODUCTS = ("area_a", "area_b", "sample_data.json", "README.md")
 
 
-def generate_sample_data(out: str | Path, config: SyntheticConfig | None = None, *,
-                         overwrite: bool = False) -> dict:
+def generate_sample_data(
+    out: str | Path, config: SyntheticConfig | None = None, *, overwrite: bool = False
+) -> dict:
     """Write the two synthetic areas to ``out`` and return a summary.
 
     Layout: ``area_a/area_a.tif`` with ``buildings.gpkg`` (truth) and ``buildings_osm.gpkg``
@@ -320,19 +360,29 @@ def generate_sample_data(out: str | Path, config: SyntheticConfig | None = None,
     out = Path(out)
     guard_output_dir(out, SAMPLE_PRODUCTS, overwrite=overwrite, resume=False)
     crs = CRS.from_epsg(config.epsg)
-    summary: dict = {"kind": "rscrisis.sample_data", "rscrisis_version": __version__,
-                     "config": config.model_dump(mode="json"), "areas": {}}
+    summary: dict = {
+        "kind": "rscrisis.sample_data",
+        "rscrisis_version": __version__,
+        "config": config.model_dump(mode="json"),
+        "areas": {},
+    }
     for style, size, offset in ((AREA_A, config.size_a, 0), (AREA_B, config.size_b, 1)):
         folder = out / style.name
         folder.mkdir(parents=True, exist_ok=True)
-        image, valid, transform, buildings = render_scene(style, size, config.gsd,
-                                                          config.seed * 1000 + offset)
-        _write_scene(folder / f"{style.name}.tif", image, valid, transform, crs,
-                     config.jpeg_quality)
+        image, valid, transform, buildings = render_scene(
+            style, size, config.gsd, config.seed * 1000 + offset
+        )
+        _write_scene(
+            folder / f"{style.name}.tif", image, valid, transform, crs, config.jpeg_quality
+        )
         truth = gpd.GeoDataFrame(geometry=buildings, crs=crs.to_wkt())
         _write_vector(folder / "buildings.gpkg", buildings, crs)
-        area = {"scene": f"{style.name}/{style.name}.tif", "buildings": len(buildings),
-                "size_px": size, "gsd_m": config.gsd}
+        area = {
+            "scene": f"{style.name}/{style.name}.tif",
+            "buildings": len(buildings),
+            "size_px": size,
+            "gsd_m": config.gsd,
+        }
         if style is AREA_A:
             noise = LabelNoise(seed=config.seed)
             noisy = apply_label_noise(truth, noise)
@@ -341,9 +391,15 @@ def generate_sample_data(out: str | Path, config: SyntheticConfig | None = None,
             area["noise"] = noise.to_dict()
         summary["areas"][style.name] = area
     write_json_atomic(out / "sample_data.json", summary)
-    (out / "README.md").write_text(SAMPLE_README.format(**{
-        "a": summary["areas"]["area_a"], "b": summary["areas"]["area_b"], "seed": config.seed,
-    }))
+    (out / "README.md").write_text(
+        SAMPLE_README.format(
+            **{
+                "a": summary["areas"]["area_a"],
+                "b": summary["areas"]["area_b"],
+                "seed": config.seed,
+            }
+        )
+    )
     return summary
 
 

@@ -67,7 +67,7 @@ def tile_id(scene_name: str, grid_row: int, grid_col: int) -> str:
 
 def footprint(transform: Affine, width: int, height: int) -> Polygon:
     """The four corners of a ``width`` x ``height`` pixel block, exact for rotated transforms."""
-    corners = [transform * xy for xy in ((0, 0), (width, 0), (width, height), (0, height))]
+    corners = [transform @ xy for xy in ((0, 0), (width, 0), (width, height), (0, height))]
     return Polygon(corners)
 
 
@@ -77,7 +77,10 @@ def read_index(root: Path):
 
     layout = TileSetLayout(Path(root))
     if not layout.index.exists():
-        hint = ("it looks interrupted: rerun rscrisis tile with --resume"
-                if layout.manifest.exists() else "make one with rscrisis tile")
+        hint = (
+            "it looks interrupted: rerun rscrisis tile with --resume"
+            if layout.manifest.exists()
+            else "make one with rscrisis tile"
+        )
         raise InputError(f"is not a complete tile set (no {INDEX})", path=root, hint=hint)
     return gpd.read_file(layout.index, layer=INDEX_LAYER, engine="pyogrio")

@@ -133,8 +133,11 @@ def plan_scene(info: SceneInfo, grid: Grid, config: TileConfig) -> ScenePlan:
         row = []
         for gc, c in enumerate(cols):
             win = Window(c, r, config.size, config.size)
-            row.append(TileSpec(tile_id(info.name, gr, gc), gr, gc, win,
-                                window_transform(win, grid.transform)))
+            row.append(
+                TileSpec(
+                    tile_id(info.name, gr, gc), gr, gc, win, window_transform(win, grid.transform)
+                )
+            )
         tiles.append(row)
     return ScenePlan(info, grid, tiles)
 
@@ -215,9 +218,18 @@ def _image_profile(info: SceneInfo, config: TileConfig, transform: Affine) -> di
 def _mask_profile(info: SceneInfo, config: TileConfig, transform: Affine) -> dict:
     block = 256 if config.size >= 256 else max(16, config.size // 16 * 16)
     return {
-        "driver": "GTiff", "width": config.size, "height": config.size, "count": 1,
-        "dtype": "uint8", "crs": info.crs, "transform": transform, "nodata": MASK_IGNORE,
-        "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate",
+        "driver": "GTiff",
+        "width": config.size,
+        "height": config.size,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": info.crs,
+        "transform": transform,
+        "nodata": MASK_IGNORE,
+        "tiled": True,
+        "blockxsize": block,
+        "blockysize": block,
+        "compress": "deflate",
     }
 
 
@@ -233,18 +245,27 @@ def _write_tile(
     """Write mask then image, each atomically; the image's presence marks the tile complete."""
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
         if mask is not None:
-            with atomic_path(layout.mask_path(spec.tile_id)) as tmp, \
-                    rasterio.open(tmp, "w", **mask_profile) as dst:
+            with (
+                atomic_path(layout.mask_path(spec.tile_id)) as tmp,
+                rasterio.open(tmp, "w", **mask_profile) as dst,
+            ):
                 dst.write(mask, 1)
-        with atomic_path(layout.image_path(spec.tile_id)) as tmp, \
-                rasterio.open(tmp, "w", **image_profile) as dst:
+        with (
+            atomic_path(layout.image_path(spec.tile_id)) as tmp,
+            rasterio.open(tmp, "w", **image_profile) as dst,
+        ):
             dst.write(image)
             if image_profile["nodata"] is None and not valid.all():
                 dst.write_mask(valid.astype(np.uint8) * 255)
 
 
-def _tile_record(plan: ScenePlan, spec: TileSpec, valid_fraction: float,
-                 building_fraction: float | None, layout: TileSetLayout) -> dict:
+def _tile_record(
+    plan: ScenePlan,
+    spec: TileSpec,
+    valid_fraction: float,
+    building_fraction: float | None,
+    layout: TileSetLayout,
+) -> dict:
     return {
         "tile_id": spec.tile_id,
         "scene": plan.info.name,
@@ -256,8 +277,7 @@ def _tile_record(plan: ScenePlan, spec: TileSpec, valid_fraction: float,
         "width": int(spec.window.width),
         "height": int(spec.window.height),
         "nodata_fraction": round(1.0 - valid_fraction, 6),
-        "building_fraction": (None if building_fraction is None
-                              else round(building_fraction, 6)),
+        "building_fraction": (None if building_fraction is None else round(building_fraction, 6)),
         "image": f"{layout.images.name}/{spec.tile_id}.tif",
         "mask": None if building_fraction is None else f"{layout.masks.name}/{spec.tile_id}.tif",
         "crs": plan.info.crs.to_string(),
@@ -265,8 +285,9 @@ def _tile_record(plan: ScenePlan, spec: TileSpec, valid_fraction: float,
     }
 
 
-def _stats_from_files(layout: TileSetLayout, spec: TileSpec, has_labels: bool
-                      ) -> tuple[float, float | None]:
+def _stats_from_files(
+    layout: TileSetLayout, spec: TileSpec, has_labels: bool
+) -> tuple[float, float | None]:
     """Valid and building fractions of a tile already on disk (for ``resume``)."""
     with rasterio.open(layout.image_path(spec.tile_id)) as ds:
         valid = np.all(ds.read_masks() > 0, axis=0)
@@ -327,9 +348,10 @@ def _tile_scene(
         with open_grid(info, plan.grid) as ds:
             for row in plan.tiles:
                 for start in range(0, len(row), per_chunk):
-                    chunk = row[start:start + per_chunk]
+                    chunk = row[start : start + per_chunk]
                     complete = [
-                        resume and layout.image_path(t.tile_id).exists()
+                        resume
+                        and layout.image_path(t.tile_id).exists()
                         and (labels is None or layout.mask_path(t.tile_id).exists())
                         for t in chunk
                     ]
@@ -337,8 +359,9 @@ def _tile_scene(
                     c0 = int(chunk[0].window.col_off)
                     r0 = int(chunk[0].window.row_off)
                     if not all(complete):
-                        cwin = Window(c0, r0, int(chunk[-1].window.col_off) + config.size - c0,
-                                      config.size)
+                        cwin = Window(
+                            c0, r0, int(chunk[-1].window.col_off) + config.size - c0, config.size
+                        )
                         data, valid = read_padded(ds, info.bands, cwin, fill=fill)
                         if info.nodata is not None:
                             data[:, ~valid] = info.nodata
@@ -350,8 +373,11 @@ def _tile_scene(
                             if len(hits):
                                 burnt = rasterize(
                                     ((g, MASK_BUILDING) for g in geoms[hits]),
-                                    out_shape=burnt.shape, transform=ctrans, fill=0,
-                                    dtype="uint8", all_touched=config.all_touched,
+                                    out_shape=burnt.shape,
+                                    transform=ctrans,
+                                    fill=0,
+                                    dtype="uint8",
+                                    all_touched=config.all_touched,
                                 )
                     for spec, is_complete in zip(chunk, complete, strict=True):
                         done += 1
@@ -377,7 +403,12 @@ def _tile_scene(
                             tmask[~tvalid] = MASK_IGNORE
                             bf = float((tmask == MASK_BUILDING).sum() / tvalid.sum())
                         pool.submit(
-                            _write_tile, layout, spec, timage, tvalid.copy(), tmask,
+                            _write_tile,
+                            layout,
+                            spec,
+                            timage,
+                            tvalid.copy(),
+                            tmask,
                             _image_profile(info, config, spec.transform),
                             _mask_profile(info, config, spec.transform),
                         )
@@ -405,8 +436,9 @@ def _write_index(layout: TileSetLayout, records: list[dict], plans: Sequence[Sce
         for key, idx in by_crs.items():
             if key == crs.to_string():
                 continue
-            geo = gpd.GeoSeries([shapely.segmentize(records[i]["geometry"], 1e9)
-                                 for i in idx], crs=key).to_crs(crs.to_wkt())
+            geo = gpd.GeoSeries(
+                [shapely.segmentize(records[i]["geometry"], 1e9) for i in idx], crs=key
+            ).to_crs(crs.to_wkt())
             for i, g in zip(idx, geo, strict=True):
                 records[i]["geometry"] = g
     frame = gpd.GeoDataFrame(records, geometry="geometry", crs=crs.to_wkt())
@@ -420,8 +452,13 @@ def _write_index(layout: TileSetLayout, records: list[dict], plans: Sequence[Sce
         frame.to_file(tmp, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
 
 
-def _manifest(config: TileConfig, plans: Sequence[ScenePlan], labels: Labels | None,
-              status: str, result: TileResult | None = None) -> dict:
+def _manifest(
+    config: TileConfig,
+    plans: Sequence[ScenePlan],
+    labels: Labels | None,
+    status: str,
+    result: TileResult | None = None,
+) -> dict:
     return {
         "kind": "rscrisis.tileset",
         "rscrisis_version": __version__,
@@ -464,8 +501,11 @@ def _check_resume(layout: TileSetLayout, manifest: dict) -> None:
                 hint="rerun with the original options, or use --overwrite to start again",
             )
     if [s["path"] for s in old.get("scenes", [])] != [s["path"] for s in manifest["scenes"]]:
-        raise InputError("--resume with different input scenes", path=layout.root,
-                         hint="rerun with the original inputs, or use --overwrite")
+        raise InputError(
+            "--resume with different input scenes",
+            path=layout.root,
+            hint="rerun with the original inputs, or use --overwrite",
+        )
 
 
 def tile(
@@ -489,11 +529,14 @@ def tile(
     scenes = [inspect_scene(p, config.bands) for p in expand_raster_inputs(inputs)]
     _check_consistent(scenes)
     if config.compress == "jpeg" and scenes[0].dtype != "uint8":
-        raise InputError(f"--compress jpeg needs uint8 imagery, not {scenes[0].dtype}",
-                         hint="use --compress deflate")
+        raise InputError(
+            f"--compress jpeg needs uint8 imagery, not {scenes[0].dtype}",
+            hint="use --compress deflate",
+        )
     label_set = read_labels([Path(p) for p in labels]) if labels else None
-    plans = [plan_scene(s, target_grid(s, config.resolution, config.resampling), config)
-             for s in scenes]
+    plans = [
+        plan_scene(s, target_grid(s, config.resolution, config.resampling), config) for s in scenes
+    ]
     if label_set is not None:
         _check_overlap(plans, label_set)
     manifest = _manifest(config, plans, label_set, "incomplete")
@@ -517,13 +560,20 @@ def tile(
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             for plan in plans:
-                done = _tile_scene(plan, layout, label_set, config, resume, result, records,
-                                   progress, done, total)
-                result.scenes.append({"name": plan.info.name, "tiles": plan.n_tiles,
-                                      "grid": [len(plan.tiles), len(plan.tiles[0])]})
+                done = _tile_scene(
+                    plan, layout, label_set, config, resume, result, records, progress, done, total
+                )
+                result.scenes.append(
+                    {
+                        "name": plan.info.name,
+                        "tiles": plan.n_tiles,
+                        "grid": [len(plan.tiles), len(plan.tiles[0])],
+                    }
+                )
     except (rasterio.errors.RasterioIOError, OSError) as exc:
         raise ProcessingError(
-            f"tiling failed while writing ({exc})", path=out,
+            f"tiling failed while writing ({exc})",
+            path=out,
             hint="free disk space or fix permissions, then rerun with --resume",
         ) from exc
     result.tiles = len(records)

@@ -84,8 +84,9 @@ def clean_polygons(frame: gpd.GeoDataFrame, stats: LabelStats) -> gpd.GeoDataFra
         keep[i] = True
         out[i] = part
     cleaned = frame.loc[keep].copy()
-    cleaned = cleaned.set_geometry(gpd.GeoSeries(list(out[keep]), index=cleaned.index,
-                                                 crs=frame.crs))
+    cleaned = cleaned.set_geometry(
+        gpd.GeoSeries(list(out[keep]), index=cleaned.index, crs=frame.crs)
+    )
     stats.polygons += len(cleaned)
     return cleaned
 
@@ -125,8 +126,11 @@ def read_labels(paths: Sequence[Path]) -> Labels:
         stats.files.append(str(path))
         stats.features += len(frame)
         if len(frame) == 0:
-            raise LabelError("holds no feature", path=path,
-                             hint="export the building layer again, or drop --labels")
+            raise LabelError(
+                "holds no feature",
+                path=path,
+                hint="export the building layer again, or drop --labels",
+            )
         cleaned = clean_polygons(frame[[frame.geometry.name]], stats)
         if len(cleaned) == 0:
             raise LabelError(
@@ -136,8 +140,9 @@ def read_labels(paths: Sequence[Path]) -> Labels:
             )
         if frames:
             cleaned = cleaned.to_crs(frames[0].crs)
-        frames.append(cleaned.rename_geometry("geometry") if cleaned.geometry.name != "geometry"
-                      else cleaned)
+        frames.append(
+            cleaned.rename_geometry("geometry") if cleaned.geometry.name != "geometry" else cleaned
+        )
     import pandas as pd
 
     merged = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)

@@ -22,7 +22,8 @@ stderr = Console(stderr=True)
 def configure_logging(verbosity: int) -> None:
     """-q: errors only; default: warnings; -v: info; -vv: debug (also GDAL's own messages)."""
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(
-        max(-1, min(verbosity, 2)), logging.DEBUG)
+        max(-1, min(verbosity, 2)), logging.DEBUG
+    )
     root = logging.getLogger("rscrisis")
     root.handlers.clear()
     handler = RichHandler(console=stderr, show_time=False, show_path=False, markup=False)
@@ -45,7 +46,7 @@ def print_json(payload: Any) -> None:
 def say(message: str, verbosity: int) -> None:
     """A human summary line on stderr, silenced by -q."""
     if verbosity >= 0:
-        stderr.print(message, highlight=False)
+        stderr.print(message, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -63,14 +64,21 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator:
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=stderr,
-                  transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=False,
+    ) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int, desc: str = "") -> None:
-            bar.update(task, completed=done, total=total,
-                       description=f"{description} {desc}".strip())
+            bar.update(
+                task, completed=done, total=total, description=f"{description} {desc}".strip()
+            )
 
         yield update
 

@@ -50,8 +50,10 @@ class RscrisisGroup(TyperGroup):
             verbosity = (ctx.obj or {}).get("verbosity", 0)
             if verbosity >= 2:
                 traceback.print_exc(file=sys.stderr)
-            _error_line(f"internal error: {type(exc).__name__}: {exc} "
-                        "(a bug in rscrisis; rerun with -vv for the traceback and report it)")
+            _error_line(
+                f"internal error: {type(exc).__name__}: {exc} "
+                "(a bug in rscrisis; rerun with -vv for the traceback and report it)"
+            )
             ctx.exit(EXIT_RUNTIME)
 
 
@@ -78,8 +80,10 @@ def _show_version(value: bool) -> None:
 def main(
     ctx: typer.Context,
     version: Annotated[
-        bool, typer.Option("--version", callback=_show_version, is_eager=True,
-                           help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
     verbose: Verbose = 0,
     quiet: Quiet = False,

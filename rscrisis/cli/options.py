@@ -29,8 +29,11 @@ Overwrite = Annotated[
 ]
 Resume = Annotated[
     bool,
-    typer.Option("--resume", help="Finish an interrupted run: keep complete outputs, redo the "
-                 "rest. Settings must match the first run."),
+    typer.Option(
+        "--resume",
+        help="Finish an interrupted run: keep complete outputs, redo the "
+        "rest. Settings must match the first run.",
+    ),
 ]
 JsonOutput = Annotated[
     bool, typer.Option("--json", help="Print a JSON summary on stdout (logs stay on stderr).")
@@ -52,8 +55,9 @@ def parse_int_list(text: str | None, option: str) -> tuple[int, ...] | None:
     try:
         values = tuple(int(v) for v in text.replace(" ", "").split(","))
     except ValueError as exc:
-        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}",
-                                 param_hint=option) from exc
+        raise typer.BadParameter(
+            f"expected comma-separated integers, got {text!r}", param_hint=option
+        ) from exc
     return values
 
 

@@ -40,5 +40,8 @@ def sample_data_command(
     if json_output:
         print_json(summary)
     areas = summary["areas"]
-    say(f"sample data in {out}: area_a {areas['area_a']['buildings']} buildings, "
-        f"area_b {areas['area_b']['buildings']} buildings", level)
+    say(
+        f"sample data in {out}: area_a {areas['area_a']['buildings']} buildings, "
+        f"area_b {areas['area_b']['buildings']} buildings",
+        level,
+    )

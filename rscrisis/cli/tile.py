@@ -30,31 +30,46 @@ def tile_command(
     ctx: typer.Context,
     inputs: Annotated[
         list[str],
-        typer.Argument(help="GeoTIFF files, folders of them, or glob patterns (quote globs). "
-                       "Georeferencing may sit in .aux.xml sidecars."),
+        typer.Argument(
+            help="GeoTIFF files, folders of them, or glob patterns (quote globs). "
+            "Georeferencing may sit in .aux.xml sidecars."
+        ),
     ],
     out: OutDir,
     labels: Annotated[
         list[Path] | None,
-        typer.Option("--labels", "-l", help="Building footprints (GeoPackage, GeoJSON, "
-                     "Shapefile; any CRS). Repeat for several files. Burnt as 1 in masks/."),
+        typer.Option(
+            "--labels",
+            "-l",
+            help="Building footprints (GeoPackage, GeoJSON, "
+            "Shapefile; any CRS). Repeat for several files. Burnt as 1 in masks/.",
+        ),
     ] = None,
     size: Annotated[int, typer.Option(help=describe(T, "size"))] = default(T, "size"),
     overlap: Annotated[int, typer.Option(help=describe(T, "overlap"))] = default(T, "overlap"),
-    min_valid: Annotated[
-        float, typer.Option(help=describe(T, "min_valid"))] = default(T, "min_valid"),
+    min_valid: Annotated[float, typer.Option(help=describe(T, "min_valid"))] = default(
+        T, "min_valid"
+    ),
     bands: Annotated[
-        str | None, typer.Option(help="Comma-separated 1-based source bands, e.g. 3,2,1 "
-                                 "(default: all bands except alpha).")] = None,
+        str | None,
+        typer.Option(
+            help="Comma-separated 1-based source bands, e.g. 3,2,1 "
+            "(default: all bands except alpha)."
+        ),
+    ] = None,
     resolution: Annotated[
-        float | None, typer.Option(help=describe(T, "resolution") + "; for geographic CRSs "
-                                   "converted to degrees at the scene centre")] = None,
-    resampling: Annotated[
-        ResamplingChoice, typer.Option(help=describe(T, "resampling"))
-    ] = default(T, "resampling"),
-    compress: Annotated[
-        CompressionChoice, typer.Option(help=describe(T, "compress"))
-    ] = default(T, "compress"),
+        float | None,
+        typer.Option(
+            help=describe(T, "resolution") + "; for geographic CRSs "
+            "converted to degrees at the scene centre"
+        ),
+    ] = None,
+    resampling: Annotated[ResamplingChoice, typer.Option(help=describe(T, "resampling"))] = default(
+        T, "resampling"
+    ),
+    compress: Annotated[CompressionChoice, typer.Option(help=describe(T, "compress"))] = default(
+        T, "compress"
+    ),
     all_touched: Annotated[
         bool, typer.Option("--all-touched", help=describe(T, "all_touched"))
     ] = default(T, "all_touched"),
@@ -77,15 +92,31 @@ def tile_command(
 
     level = verbosity(ctx, verbose, quiet)
     config = resolve(
-        TileConfig, size=size, overlap=overlap, min_valid=min_valid,
-        bands=parse_int_list(bands, "--bands"), resolution=resolution,
-        resampling=ResamplingChoice(resampling).value, compress=CompressionChoice(compress).value,
-        all_touched=all_touched, workers=workers,
+        TileConfig,
+        size=size,
+        overlap=overlap,
+        min_valid=min_valid,
+        bands=parse_int_list(bands, "--bands"),
+        resolution=resolution,
+        resampling=ResamplingChoice(resampling).value,
+        compress=CompressionChoice(compress).value,
+        all_touched=all_touched,
+        workers=workers,
     )
     with progress_bar("tiling", enabled=level >= 0) as progress:
-        result = tile(inputs, out, labels=labels, config=config, overwrite=overwrite,
-                      resume=resume, progress=progress)
+        result = tile(
+            inputs,
+            out,
+            labels=labels,
+            config=config,
+            overwrite=overwrite,
+            resume=resume,
+            progress=progress,
+        )
     if json_output:
         print_json(result.to_dict())
-    say(f"{result.tiles} tiles in {out} ({result.written} written, {result.resumed} resumed, "
-        f"{result.skipped_low_valid} skipped as mostly nodata) in {result.seconds:.1f} s", level)
+    say(
+        f"{result.tiles} tiles in {out} ({result.written} written, {result.resumed} resumed, "
+        f"{result.skipped_low_valid} skipped as mostly nodata) in {result.seconds:.1f} s",
+        level,
+    )

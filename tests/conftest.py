@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny GeoTIFFs and vector files with real CRSs, built in tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.enums import ColorInterp
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "sample_data"
+BANEPA = REPO.parent / "shared" / "data" / "banepa"
+
+UTM = "EPSG:32645"
+ORIGIN = (354_000.0, 3_057_000.0)
+
+
+def utm_transform(res: float = 0.5, origin: tuple[float, float] = ORIGIN) -> Affine:
+    return Affine(res, 0.0, origin[0], 0.0, -res, origin[1])
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    *,
+    crs: str | None = UTM,
+    transform: Affine | None = None,
+    nodata: float | None = None,
+    alpha: np.ndarray | None = None,
+    **extra,
+) -> Path:
+    """Write ``data`` (bands, h, w) as a GeoTIFF; ``alpha`` adds an alpha band."""
+    count = data.shape[0] + (alpha is not None)
+    profile = {
+        "driver": "GTiff",
+        "width": data.shape[2],
+        "height": data.shape[1],
+        "count": count,
+        "dtype": data.dtype.name,
+        "nodata": nodata,
+        **extra,
+    }
+    if crs is not None:
+        profile["crs"] = crs
+        profile["transform"] = transform or utm_transform()
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, list(range(1, data.shape[0] + 1)))
+        if alpha is not None:
+            dst.write(alpha.astype(data.dtype), count)
+            interp = [ColorInterp.gray] * (count - 1) + [ColorInterp.alpha]
+            if count == 4:
+                interp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+            dst.colorinterp = interp
+    return path
+
+
+def gradient(bands: int, h: int, w: int, dtype: str = "uint8") -> np.ndarray:
+    """Unique-ish pixel values so a misplaced window is detected by value comparison."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (yy * 7 + xx * 3).astype(np.int64)
+    out = np.stack([(base + 50 * b) for b in range(bands)])
+    top = np.iinfo(dtype).max if np.dtype(dtype).kind in "ui" else 1e6
+    return (out % top).astype(dtype)
+
+
+def write_vector(path: Path, geoms: list, crs: str, driver: str | None = None) -> Path:
+    frame = gpd.GeoDataFrame({"building": ["yes"] * len(geoms)}, geometry=geoms, crs=crs)
+    frame.to_file(path, driver=driver, engine="pyogrio")
+    return path
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def invoke(runner) -> Callable:
+    """Run the CLI in-process: ``invoke("tile", ...)`` returns the click Result."""
+    from rscrisis.cli.main import app
+
+    def _invoke(*args):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return _invoke
+
+
+@pytest.fixture
+def banepa() -> Path:
+    if not (BANEPA / "train" / "scene.tif").exists():
+        pytest.skip("../shared/data/banepa is not available")
+    return BANEPA
