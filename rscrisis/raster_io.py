@@ -273,16 +273,20 @@ def read_padded(
     raster. Only the part inside the raster is read (no boundless VRT), so memory is the window.
     """
     h, w = int(window.height), int(window.width)
-    data = np.full((len(bands), h, w), fill, dtype=ds.dtypes[bands[0] - 1])
-    valid = np.zeros((h, w), dtype=bool)
     r0, c0 = int(window.row_off), int(window.col_off)
     rr0, cc0 = max(r0, 0), max(c0, 0)
     rr1, cc1 = min(r0 + h, ds.height), min(c0 + w, ds.width)
-    if rr1 <= rr0 or cc1 <= cc0:
-        return data, valid
-    inner = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
-    sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
+    inside = (rr0, cc0, rr1, cc1) == (r0, c0, r0 + h, c0 + w)
     try:
+        if inside:  # the common case: no padding, no extra copy
+            data = ds.read(list(bands), window=window)
+            return data, _valid_pixels(ds, bands, window, data)
+        data = np.full((len(bands), h, w), fill, dtype=ds.dtypes[bands[0] - 1])
+        valid = np.zeros((h, w), dtype=bool)
+        if rr1 <= rr0 or cc1 <= cc0:
+            return data, valid
+        inner = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
+        sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
         block = ds.read(list(bands), window=inner)
         data[:, sl[0], sl[1]] = block
         valid[sl] = _valid_pixels(ds, bands, inner, block)

@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 
 #: Upper bound on the bytes of imagery read in one chunk of a tile row.
 CHUNK_BYTES = 64 * 2**20
+#: Upper bound on the bytes of tiles queued for the writer threads.
+QUEUE_BYTES = 128 * 2**20
 #: GDAL block cache for tiling; keeps RSS bounded whatever the scene size.
 GDAL_CACHE_MB = 256
 
@@ -237,12 +239,15 @@ def _write_tile(
     layout: TileSetLayout,
     spec: TileSpec,
     image: np.ndarray,
-    valid: np.ndarray,
+    valid: np.ndarray | None,
     mask: np.ndarray | None,
     image_profile: dict,
     mask_profile: dict,
 ) -> None:
-    """Write mask then image, each atomically; the image's presence marks the tile complete."""
+    """Write mask then image, each atomically; the image's presence marks the tile complete.
+
+    ``valid`` is None when every pixel is valid (no internal mask is needed then).
+    """
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
         if mask is not None:
             with (
@@ -255,7 +260,7 @@ def _write_tile(
             rasterio.open(tmp, "w", **image_profile) as dst,
         ):
             dst.write(image)
-            if image_profile["nodata"] is None and not valid.all():
+            if image_profile["nodata"] is None and valid is not None:
                 dst.write_mask(valid.astype(np.uint8) * 255)
 
 
@@ -300,26 +305,37 @@ def _stats_from_files(
 
 
 class _BoundedPool:
-    """A thread pool that blocks submitters once ``limit`` jobs are pending (bounded memory)."""
+    """A thread pool that blocks submitters once ``limit`` jobs are pending (bounded memory).
+
+    The first failure is recorded by a done-callback and re-raised on the next ``submit``, so a
+    full disk stops the run at once instead of after reading the whole scene.
+    """
 
     def __init__(self, workers: int, limit: int):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rscrisis-tile")
         self._slots = threading.Semaphore(limit)
-        self._futures: list[Future] = []
+        self._error: BaseException | None = None
+
+    def _done(self, fut: Future) -> None:
+        if self._error is None and fut.exception() is not None:
+            self._error = fut.exception()
+        self._slots.release()
 
     def submit(self, fn, *args) -> None:
+        if self._error is not None:
+            raise self._error
         self._slots.acquire()
-        fut = self._pool.submit(fn, *args)
-        fut.add_done_callback(lambda _f: self._slots.release())
-        self._futures.append(fut)
-        self._futures = [f for f in self._futures if not f.done() or f.exception()]
+        self._pool.submit(fn, *args).add_done_callback(self._done)
 
     def drain(self) -> None:
-        try:
-            for fut in self._futures:
-                fut.result()
-        finally:
-            self._pool.shutdown(wait=True)
+        """Wait for all writes; raise the first failure."""
+        self._pool.shutdown(wait=True)
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        """Stop after an error elsewhere: drop queued writes, finish running ones, raise nothing."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _tile_scene(
@@ -343,7 +359,10 @@ def _tile_scene(
     geoms = gdf.geometry.values if gdf is not None else None
     sindex = gdf.sindex if gdf is not None else None
     done = done_before
-    pool = _BoundedPool(config.workers, limit=2 * config.workers + 2)
+    # Queue up to ~two chunks of tiles so writers keep busy while the next chunk is read;
+    # bounded by bytes, so memory stays flat whatever the scene size.
+    queue_limit = max(2 * config.workers + 2, min(2 * per_chunk, QUEUE_BYTES // tile_bytes))
+    pool = _BoundedPool(config.workers, limit=queue_limit)
     try:
         with open_grid(info, plan.grid) as ds:
             for row in plan.tiles:
@@ -390,24 +409,25 @@ def _tile_scene(
                         x = int(spec.window.col_off) - c0
                         cols = slice(x, x + config.size)
                         tvalid = valid[:, cols]
-                        vf = float(tvalid.mean())
+                        n_valid = int(np.count_nonzero(tvalid))
+                        vf = n_valid / tvalid.size
                         if vf == 0.0 or vf < config.min_valid:
                             result.skipped_low_valid += 1
                             progress(done, total, info.name)
                             continue
-                        timage = np.ascontiguousarray(data[:, :, cols])
+                        timage = data[:, :, cols]  # a view: writer threads copy it
                         tmask = None
                         bf = None
                         if burnt is not None:
                             tmask = burnt[:, cols].copy()
                             tmask[~tvalid] = MASK_IGNORE
-                            bf = float((tmask == MASK_BUILDING).sum() / tvalid.sum())
+                            bf = int(np.count_nonzero(tmask == MASK_BUILDING)) / n_valid
                         pool.submit(
                             _write_tile,
                             layout,
                             spec,
                             timage,
-                            tvalid.copy(),
+                            None if n_valid == tvalid.size else tvalid.copy(),
                             tmask,
                             _image_profile(info, config, spec.transform),
                             _mask_profile(info, config, spec.transform),
@@ -416,8 +436,10 @@ def _tile_scene(
                         result.written += 1
                         result.megapixels += config.size * config.size / 1e6
                         progress(done, total, info.name)
-    finally:
-        pool.drain()
+    except BaseException:
+        pool.abandon()
+        raise
+    pool.drain()
     return done
 
 

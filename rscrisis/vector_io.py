@@ -46,7 +46,8 @@ class Labels:
     def in_crs(self, crs: CRS) -> gpd.GeoDataFrame:
         key = crs.to_wkt()
         if key not in self._by_crs:
-            self._by_crs[key] = self.frame.to_crs(key)
+            same = self.frame.crs is not None and self.frame.crs.equals(key)
+            self._by_crs[key] = self.frame if same else self.frame.to_crs(key)
         return self._by_crs[key]
 
 

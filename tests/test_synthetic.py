@@ -86,7 +86,10 @@ def test_committed_sample_data_is_what_the_generator_makes(tmp_path):
     for area in ("area_a", "area_b"):
         ours = rasterio.open(tmp_path / area / f"{area}.tif").read()
         committed = rasterio.open(SAMPLE_DATA / area / f"{area}.tif").read()
-        np.testing.assert_array_equal(ours, committed)
+        # footprints are pure numpy/shapely and must match exactly; pixels pass through the
+        # JPEG codec of the installed GDAL, so allow for a different libjpeg build
+        assert ours.shape == committed.shape
+        assert np.abs(ours.astype(int) - committed).mean() < 0.5
         a = gpd.read_file(tmp_path / area / "buildings.gpkg")
         b = gpd.read_file(SAMPLE_DATA / area / "buildings.gpkg")
         assert a.geometry.geom_equals_exact(b.geometry, 1e-6).all()
