@@ -82,3 +82,55 @@ def resolve(config: type[_Config], **values) -> _Config:
         option = f"--{field.replace('_', '-')}" if first["loc"] else "options"
         message = first["msg"].removeprefix("Value error, ")
         raise InputError(f"invalid {option}: {message}") from exc
+
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+PrecisionName = Literal["auto", "fp32", "bf16"]
+
+
+class TrainConfig(_Config):
+    """How ``rscrisis train`` (and later pretrain / finetune) fits a model to tile sets."""
+
+    encoder: str = Field("resnet18", description="encoder of the U-Net (see rscrisis models)")
+    epochs: int = Field(30, ge=1, description="maximum number of epochs")
+    batch_size: int = Field(8, ge=1, description="tiles per optimisation step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of AdamW (one-cycle schedule)")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    val_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="fraction of tiles held out, in spatial blocks"
+    )
+    block_tiles: int = Field(3, ge=1, description="side of the spatial validation blocks, in tiles")
+    iou_loss_weight: float = Field(
+        0.5, ge=0.0, description="weight of the predicted-IoU regression loss"
+    )
+    threshold: float = Field(0.5, gt=0, lt=1, description="probability threshold for masks")
+    patience: int = Field(
+        8, ge=1, description="stop after this many epochs without validation improvement"
+    )
+    seed: int = Field(0, description="random seed (runs are deterministic on CPU)")
+    device: DeviceName = Field("auto", description="auto picks cuda when available")
+    precision: PrecisionName = Field(
+        "auto", description="auto: bf16 autocast on CUDA when supported, fp32 on CPU"
+    )
+    augment: bool = Field(True, description="flips, 90° rotations, brightness/contrast, scale")
+    freeze_encoder: bool = Field(False, description="train only decoder and heads")
+    freeze_stages: int = Field(0, ge=0, description="freeze the first N encoder stages (0: none)")
+    max_tiles: int | None = Field(
+        None, ge=1, description="use at most this many training tiles (random, seeded)"
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
+    max_minutes: float | None = Field(
+        None, gt=0, description="stop after the epoch that crosses this wall-clock budget"
+    )
+
+
+class PredictConfig(_Config):
+    """How ``rscrisis predict`` runs a model over a tile set."""
+
+    batch_size: int = Field(8, ge=1, description="tiles per forward pass")
+    mc_samples: int = Field(
+        0, ge=0, description="MC-dropout samples for BALD and sample agreement (0: off)"
+    )
+    device: DeviceName = Field("auto", description="auto picks cuda when available")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
+    seed: int = Field(0, description="random seed for MC dropout")

@@ -84,3 +84,45 @@ def read_index(root: Path):
         )
         raise InputError(f"is not a complete tile set (no {INDEX})", path=root, hint=hint)
     return gpd.read_file(layout.index, layer=INDEX_LAYER, engine="pyogrio")
+
+
+def write_subset(root: Path, out: Path, tile_ids, *, overwrite: bool = False) -> Path:
+    """A new tile set at ``out`` holding only ``tile_ids`` of ``root``.
+
+    Image and mask files are hard-linked when possible (no extra disk), copied otherwise; the
+    index keeps its rows and the manifest records where the subset came from.
+    """
+    import json
+    import os
+    import shutil
+
+    from rscrisis.outputs import atomic_path, guard_output_dir, write_json_atomic
+
+    root, out = Path(root), Path(out)
+    index = read_index(root)
+    wanted = set(tile_ids)
+    missing = wanted - set(index.tile_id)
+    if missing:
+        raise InputError(f"has no tile {sorted(missing)[0]!r}", path=root)
+    guard_output_dir(out, PRODUCTS, overwrite=overwrite, resume=False)
+    sub = index[index.tile_id.isin(wanted)].reset_index(drop=True)
+    src, dst = TileSetLayout(root), TileSetLayout(out)
+    dst.images.mkdir(parents=True, exist_ok=True)
+    has_masks = "mask" in sub and sub["mask"].notna().any()
+    if has_masks:
+        dst.masks.mkdir(parents=True, exist_ok=True)
+    for tid in sub.tile_id:
+        pairs = [(src.image_path(tid), dst.image_path(tid))]
+        if has_masks:
+            pairs.append((src.mask_path(tid), dst.mask_path(tid)))
+        for a, b in pairs:
+            try:
+                os.link(a, b)
+            except OSError:
+                shutil.copy2(a, b)
+    with atomic_path(dst.index) as tmp:
+        sub.to_file(tmp, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
+    manifest = json.loads(src.manifest.read_text()) if src.manifest.exists() else {}
+    manifest.update({"subset_of": str(root), "tiles": len(sub)})
+    write_json_atomic(dst.manifest, manifest)
+    return out

@@ -96,3 +96,36 @@ def banepa() -> Path:
     if not (BANEPA / "train" / "scene.tif").exists():
         pytest.skip("../shared/data/banepa is not available")
     return BANEPA
+
+
+@pytest.fixture(scope="session")
+def tiny_tiles(tmp_path_factory) -> Path:
+    """A small labelled tile set (16 tiles of 64 px) cut from a generated scene."""
+    from rscrisis.config import SyntheticConfig, TileConfig
+    from rscrisis.synthetic import generate_sample_data
+    from rscrisis.tiling import tile
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate_sample_data(root / "sd", SyntheticConfig(size_a=256, size_b=256, seed=1))
+    tile(
+        [root / "sd" / "area_a" / "area_a.tif"],
+        root / "tiles",
+        labels=[root / "sd" / "area_a" / "buildings.gpkg"],
+        config=TileConfig(size=64),
+    )
+    return root / "tiles"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tiles, tmp_path_factory) -> Path:
+    """A model trained for two short epochs on ``tiny_tiles`` (real training, tiny scale)."""
+    from rscrisis.config import TrainConfig
+    from rscrisis.training import train
+
+    out = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    train(
+        [tiny_tiles],
+        out,
+        config=TrainConfig(epochs=2, batch_size=4, val_fraction=0.25, block_tiles=1, threads=1),
+    )
+    return out

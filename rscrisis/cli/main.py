@@ -96,9 +96,14 @@ def main(
 
 
 def _register() -> None:
-    from rscrisis.cli import sample_data, tile
+    from rscrisis.cli import evaluate, models, predict, sample_data, tile, train
 
     app.command("tile", no_args_is_help=True)(tile.tile_command)
+    app.command("train", no_args_is_help=True)(train.train_command)
+    app.command("predict", no_args_is_help=True)(predict.predict_command)
+    app.command("evaluate", no_args_is_help=True)(evaluate.evaluate_command)
+    app.command("info", no_args_is_help=True)(models.info_command)
+    app.command("models")(models.models_command)
     app.command("sample-data")(sample_data.sample_data_command)
 
 

@@ -67,3 +67,14 @@ def choice_enum(name: str, literal: Any) -> type:
     from typing import get_args
 
     return enum.Enum(name, {v: v for v in get_args(literal)}, type=str)
+
+
+TileSets = Annotated[
+    list[Path],
+    typer.Argument(help="Tile set folders (made by rscrisis tile).", exists=False),
+]
+ModelPath = Annotated[Path, typer.Argument(help="Model file (.safetensors).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Threads = Annotated[
+    int | None, typer.Option("--threads", help="CPU threads for torch (default: all cores).")
+]

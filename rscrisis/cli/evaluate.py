@@ -1,0 +1,79 @@
+"""``rscrisis evaluate``: model + labelled tile sets -> metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rscrisis.cli.options import (
+    DeviceOpt,
+    JsonOutput,
+    ModelPath,
+    Overwrite,
+    Quiet,
+    Threads,
+    Verbose,
+    default,
+    describe,
+)
+from rscrisis.config import PredictConfig
+
+P = PredictConfig
+
+
+def evaluate_command(
+    ctx: typer.Context,
+    model: ModelPath,
+    tilesets: Annotated[list[Path], typer.Argument(help="Labelled tile set folders.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write evaluation.json and per_tile.csv here."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help=describe(P, "batch_size"))] = default(
+        P, "batch_size"
+    ),
+    device: DeviceOpt = default(P, "device"),
+    threads: Threads = None,
+    overwrite: Overwrite = False,
+    json_output: JsonOutput = False,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Pixel IoU / F1 / precision / recall, object F1 at IoU >= 0.5, and predicted-IoU
+    calibration (Spearman rho, MAE) on labelled tile sets."""
+    from rscrisis.cli.console import print_json, progress_bar, stderr, verbosity
+    from rscrisis.config import resolve
+    from rscrisis.evaluation import evaluate
+
+    level = verbosity(ctx, verbose, quiet)
+    config = resolve(PredictConfig, batch_size=batch_size, device=device, threads=threads)
+    with progress_bar("evaluating", enabled=level >= 0) as progress:
+        result = evaluate(
+            model, tilesets, out=out, config=config, overwrite=overwrite, progress=progress
+        )
+    if json_output:
+        print_json(result.to_dict())
+    if level >= 0:
+        from rich.table import Table
+
+        table = Table(title=f"{model} on {result.tiles} tiles")
+        for col in ("metric", "value"):
+            table.add_column(col)
+        px, ob = result.pixel, result.objects
+        cal, soft = result.pred_iou_calibration, result.soft_iou_calibration
+        for name, value in [
+            ("pixel IoU", px["iou"]),
+            ("pixel F1", px["f1"]),
+            ("precision", px["precision"]),
+            ("recall", px["recall"]),
+            ("object F1 (IoU>=0.5)", ob["f1"]),
+            ("mean tile IoU", result.mean_tile_iou),
+            ("pred. IoU Spearman", cal["spearman"]),
+            ("pred. IoU MAE", cal["mae"]),
+            ("soft IoU Spearman", soft["spearman"]),
+            ("soft IoU MAE", soft["mae"]),
+        ]:
+            table.add_row(name, f"{value:.3f}")
+        stderr.print(table)

@@ -1,0 +1,265 @@
+"""Training data from tile sets: reading, normalisation, augmentation, spatial validation split.
+
+Why a *spatially blocked* split: neighbouring tiles share buildings, roofs and lighting (and
+overlapping tiles share pixels), so a random split leaks and flatters validation scores. Tiles
+are grouped into square blocks of ``block_tiles`` x ``block_tiles`` tile footprints in map
+coordinates; whole blocks go to validation, and training tiles that touch a validation tile are
+dropped (a one-tile buffer), so neighbouring tiles never straddle the two sides.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from rscrisis.errors import InputError
+from rscrisis.tileset import MASK_IGNORE, TileSetLayout, read_index
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TileTable:
+    """The tiles of one or more tile sets, with what training and prediction need."""
+
+    frame: object  # GeoDataFrame: tile_id, root, image_path, mask_path, geometry, ...
+    band_count: int
+    dtype: str
+    bands: list[int]
+    colorinterp: list[str]
+    gsd_m: float | None
+    tile_size: int
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def load_tiles(roots: Sequence[str | Path], need_masks: bool) -> TileTable:
+    """Read the index of each tile set and check they can be used together."""
+    import geopandas as gpd
+    import pandas as pd
+
+    frames = []
+    manifests = []
+    for root in roots:
+        root = Path(root)
+        index = read_index(root)
+        layout = TileSetLayout(root)
+        manifest = json.loads(layout.manifest.read_text()) if layout.manifest.exists() else {}
+        manifests.append((root, manifest))
+        if need_masks and (index.get("mask") is None or index["mask"].isna().all()):
+            raise InputError(
+                "has no masks (it was tiled without --labels)",
+                path=root,
+                hint="tile the labelled imagery with rscrisis tile --labels",
+            )
+        index = index.copy()
+        index["root"] = str(root)
+        index["image_path"] = [str(root / p) for p in index["image"]]
+        index["mask_path"] = [
+            None if not isinstance(p, str) else str(root / p)
+            for p in index.get("mask", [None] * len(index))
+        ]
+        if need_masks:
+            index = index[index["mask_path"].notna()]
+        frames.append(index.to_crs(frames[0].crs) if frames else index)
+    if not frames or sum(len(f) for f in frames) == 0:
+        raise InputError(
+            "no tiles found",
+            path=", ".join(str(r) for r in roots),
+            hint="check the tile sets (index.gpkg lists their tiles)",
+        )
+    frame = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
+    scenes = [s for _, m in manifests for s in m.get("scenes", [])]
+    with rasterio.open(frame.image_path.iloc[0]) as ds:
+        count, dtype, size = ds.count, ds.dtypes[0], ds.width
+        interp = [c.name for c in ds.colorinterp]
+    for root, m in manifests:
+        for s in m.get("scenes", []):
+            if len(s["bands"]) != count:
+                raise InputError(
+                    f"has {len(s['bands'])} band(s) where other tiles have {count}",
+                    path=root,
+                    hint="train on tile sets with the same bands",
+                )
+    gsd = [s["gsd_m"][0] for s in scenes if s.get("gsd_m")]
+    return TileTable(
+        frame=frame,
+        band_count=count,
+        dtype=dtype,
+        bands=scenes[0]["bands"] if scenes else list(range(1, count + 1)),
+        colorinterp=interp,
+        gsd_m=float(np.median(gsd)) if gsd else None,
+        tile_size=size,
+    )
+
+
+def read_tile(
+    image_path: str, mask_path: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(image (C,H,W) native dtype, valid (H,W) bool, mask (H,W) uint8 with 255 = ignore)."""
+    try:
+        with rasterio.open(image_path) as ds:
+            image = ds.read()
+            valid = np.any(ds.read_masks() > 0, axis=0)
+        mask = None
+        if mask_path is not None:
+            with rasterio.open(mask_path) as ds:
+                mask = ds.read(1)
+            mask = np.where(valid, mask, MASK_IGNORE).astype(np.uint8)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(
+            f"tile cannot be read ({str(exc).splitlines()[0]})",
+            path=image_path,
+            hint="re-tile with rscrisis tile --resume",
+        ) from exc
+    return image, valid, mask
+
+
+def band_statistics(
+    paths: Sequence[str], max_tiles: int = 64, seed: int = 0
+) -> tuple[list[float], list[float]]:
+    """Per-band mean and std over valid pixels of a seeded sample of tiles."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(paths), size=min(max_tiles, len(paths)), replace=False)
+    sums = sq = None
+    n = 0
+    for i in sorted(chosen):
+        image, valid, _ = read_tile(paths[i], None)
+        px = image[:, valid].astype(np.float64)
+        if sums is None:
+            sums = np.zeros(image.shape[0])
+            sq = np.zeros(image.shape[0])
+        sums += px.sum(1)
+        sq += (px**2).sum(1)
+        n += px.shape[1]
+    if not n:
+        raise InputError("the sampled tiles hold no valid pixel", hint="check the tile set")
+    mean = sums / n
+    std = np.sqrt(np.maximum(sq / n - mean**2, 1e-12))
+    return [float(v) for v in mean], [float(max(v, 1e-6)) for v in std]
+
+
+def spatial_split(
+    frame, val_fraction: float, block_tiles: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices (train, val, dropped) of a spatially blocked split with a one-tile buffer."""
+    import shapely
+
+    n = len(frame)
+    if val_fraction <= 0 or n < 2:
+        return np.arange(n), np.array([], int), np.array([], int)
+    geoms = frame.geometry.values
+    bounds = shapely.bounds(geoms)
+    tile_w = float(np.median(bounds[:, 2] - bounds[:, 0]))
+    tile_h = float(np.median(bounds[:, 3] - bounds[:, 1]))
+    cx = (bounds[:, 0] + bounds[:, 2]) / 2
+    cy = (bounds[:, 1] + bounds[:, 3]) / 2
+    bx = np.floor(cx / (tile_w * block_tiles)).astype(np.int64)
+    by = np.floor(cy / (tile_h * block_tiles)).astype(np.int64)
+    blocks: dict[tuple[int, int], list[int]] = {}
+    for i, key in enumerate(zip(bx.tolist(), by.tolist(), strict=True)):
+        blocks.setdefault(key, []).append(i)
+    keys = sorted(blocks)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(keys)
+    target = max(1, round(val_fraction * n))
+    val: list[int] = []
+    for key in keys:
+        if len(val) >= target:
+            break
+        val.extend(blocks[key])
+    val_set = set(val)
+    # buffer: drop training tiles touching a validation tile (shrunk slightly so tiles that
+    # merely share a corner point with float noise are treated as touching too)
+    tree = shapely.STRtree(geoms[sorted(val_set)])
+    grown = shapely.buffer(geoms, min(tile_w, tile_h) * 0.01)
+    touching = set(tree.query(grown, predicate="intersects")[0].tolist())
+    dropped = sorted(touching - val_set)
+    train = sorted(set(range(n)) - val_set - set(dropped))
+    if not train:
+        raise InputError(
+            f"too few tiles ({n}) for a spatially blocked validation split",
+            hint="lower --val-fraction or --block-tiles, or use --val-fraction 0",
+        )
+    return np.array(train, int), np.array(sorted(val_set), int), np.array(dropped, int)
+
+
+def augmentation(seed: int):
+    """Augmentations for overhead imagery (no 'up' in nadir views): applied on [0, 1] floats."""
+    import albumentations as A
+
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=0.5),
+            A.Affine(scale=(0.8, 1.25), rotate=0, p=0.3, fill=0, fill_mask=MASK_IGNORE),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+        ],
+        seed=seed,
+    )
+
+
+class TileDataset:
+    """A torch map-style dataset of (image, mask, valid) built from tile paths.
+
+    Tiles are read once and kept in memory in their native dtype when the set is small
+    (``cache``), which is what makes CPU epochs fast; otherwise read on every access.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[str],
+        masks: Sequence[str | None],
+        mean: Sequence[float],
+        std: Sequence[float],
+        dtype: str,
+        augment=None,
+        cache: bool = True,
+    ):
+        self.images = list(images)
+        self.masks = list(masks)
+        self.mean = np.asarray(mean, np.float32)[:, None, None]
+        self.std = np.asarray(std, np.float32)[:, None, None]
+        self.scale = 255.0 if dtype == "uint8" else float(np.max(self.mean + 4 * self.std))
+        self.augment = augment
+        self._cache: dict[int, tuple] = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _load(self, i: int):
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        item = read_tile(self.images[i], self.masks[i])
+        if self._cache is not None:
+            self._cache[i] = item
+        return item
+
+    def __getitem__(self, i: int):
+        import torch
+
+        image, valid, mask = self._load(i)
+        if mask is None:
+            mask = np.where(valid, 0, MASK_IGNORE).astype(np.uint8)
+        img = image.astype(np.float32)
+        if self.augment is not None:
+            hwc = np.ascontiguousarray((img / self.scale).transpose(1, 2, 0))
+            out = self.augment(image=hwc, mask=mask)
+            img = out["image"].transpose(2, 0, 1) * self.scale
+            mask = out["mask"]
+        valid_out = mask != MASK_IGNORE
+        img = (img - self.mean) / self.std
+        img[:, ~valid_out] = 0.0
+        return (
+            torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(mask)),
+            torch.from_numpy(valid_out),
+        )

@@ -1,0 +1,243 @@
+"""The model: a U-Net (segmentation-models-pytorch) with a predicted-IoU head, and its file format.
+
+Why a predicted-IoU head: ranking tiles for annotation needs to know where the model is probably
+wrong. Like Segment Anything's IoU head, a small MLP regresses, per tile, the IoU of the model's
+own thresholded prediction against the truth. It sees pooled encoder-bottleneck features (what
+the tile looks like), pooled decoder features (what the model made of it) and a few statistics
+of the probability map (mean probability, mean entropy, the training-free expected IoU, the
+predicted building fraction). It is trained jointly with the segmentation loss against the actual
+per-tile IoU of the detached prediction (see :mod:`rscrisis.metrics` for the conventions).
+
+Model files are ``.safetensors``: tensors plus a JSON metadata string under the ``rscrisis`` key
+of the safetensors header (architecture, encoder, bands, normalisation, tile size, threshold,
+version, training history). Loading parses JSON and raw tensors only; nothing is unpickled, so a
+model file from a stranger cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rscrisis import __version__
+from rscrisis.errors import InputError
+from rscrisis.outputs import atomic_path
+
+FORMAT = "rscrisis.model/1"
+ARCHITECTURE = "unet+iou-head"
+
+#: Encoders offered by ``--encoder``. All build without downloading weights
+#: (``encoder_weights=None``). The default, resnet18, won the CPU IoU-per-second comparison in
+#: benchmarks/bench_train.py (see README).
+ENCODERS: dict[str, str] = {
+    "resnet18": "ResNet-18: fast on CPU, strong default",
+    "resnet34": "ResNet-34: deeper, slower",
+    "mobilenet_v2": "MobileNetV2: fewest FLOPs",
+    "efficientnet-b0": "EfficientNet-B0: small, slower on CPU than its FLOPs suggest",
+    "tu-regnety_004": "RegNetY-400MF (timm): small, efficient",
+}
+DEFAULT_ENCODER = "resnet18"
+N_PROB_STATS = 4
+
+
+def prob_stats(prob: torch.Tensor, valid: torch.Tensor | None, threshold: float) -> torch.Tensor:
+    """Per-tile statistics of a probability map (B, 1, H, W) over valid pixels -> (B, 4).
+
+    Columns: mean probability, mean binary entropy (bits), expected IoU of the thresholded
+    mask under the model's own probabilities, predicted building fraction.
+    """
+    p = prob.clamp(1e-6, 1 - 1e-6).flatten(1)
+    w = torch.ones_like(p) if valid is None else valid.flatten(1).to(p.dtype)
+    n = w.sum(1).clamp_min(1.0)
+    ent = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+    pred = (p > threshold).to(p.dtype) * w
+    inter = (pred * p).sum(1)
+    union = pred.sum(1) + ((1 - pred) * p * w).sum(1)
+    soft_iou = torch.where(union > 0, inter / union.clamp_min(1e-6), torch.ones_like(union))
+    return torch.stack([(p * w).sum(1) / n, (ent * w).sum(1) / n, soft_iou, pred.sum(1) / n], dim=1)
+
+
+class BuildingSegmenter(nn.Module):
+    """U-Net + predicted-IoU head. ``forward`` returns (logits, predicted IoU, embedding)."""
+
+    def __init__(
+        self, encoder: str, in_channels: int, threshold: float = 0.5, dropout: float = 0.1
+    ):
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.unet = smp.Unet(encoder, encoder_weights=None, in_channels=in_channels, classes=1)
+        self.threshold = threshold
+        self.mc_dropout = nn.Dropout2d(dropout)
+        c_enc = self.unet.encoder.out_channels[-1]
+        c_dec = self.unet.segmentation_head[0].in_channels
+        self.iou_head = nn.Sequential(
+            nn.Linear(c_enc + c_dec + N_PROB_STATS, 128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(128, 1),
+        )
+        self.embedding_dim = c_enc
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None):
+        features = self.unet.encoder(x)
+        decoded = self.mc_dropout(self.unet.decoder(features))
+        logits = self.unet.segmentation_head(decoded)
+        embedding = features[-1].mean(dim=(2, 3))
+        if valid is None:
+            pooled_dec = decoded.mean(dim=(2, 3))
+        else:
+            v = valid.to(decoded.dtype)
+            pooled_dec = (decoded * v).sum(dim=(2, 3)) / v.sum(dim=(2, 3)).clamp_min(1.0)
+        stats = prob_stats(torch.sigmoid(logits.detach().float()), valid, self.threshold)
+        head_in = torch.cat([embedding, pooled_dec, stats.to(embedding.dtype)], dim=1)
+        iou = torch.sigmoid(self.iou_head(head_in)).squeeze(1)
+        return logits, iou, embedding
+
+    def encoder_stages(self) -> list[nn.Module]:
+        """Top-level encoder children in order, for freezing the first N stages."""
+        return [m for m in self.unet.encoder.children() if any(True for _ in m.parameters())]
+
+    def enable_mc_dropout(self) -> None:
+        """Eval mode everywhere except dropout layers (Monte-Carlo dropout sampling)."""
+        self.eval()
+        for m in self.modules():
+            if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+                m.train()
+
+
+@dataclass
+class ModelMeta:
+    """Everything needed to use a model file correctly, stored in its safetensors header."""
+
+    encoder: str
+    in_channels: int
+    mean: list[float]
+    std: list[float]
+    tile_size: int
+    threshold: float = 0.5
+    dropout: float = 0.1
+    bands: list[int] | None = None
+    colorinterp: list[str] | None = None
+    dtype: str = "uint8"
+    gsd_m: float | None = None
+    architecture: str = ARCHITECTURE
+    format: str = FORMAT
+    rscrisis_version: str = __version__
+    history: list[dict] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_json(cls, text: str, path: Path) -> ModelMeta:
+        try:
+            raw = json.loads(text)
+            known = {f for f in cls.__dataclass_fields__}
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise InputError(
+                f"has corrupt rscrisis metadata ({exc})",
+                path=path,
+                hint="the file was damaged; use another copy",
+            ) from exc
+
+
+def build_model(meta: ModelMeta) -> BuildingSegmenter:
+    if meta.encoder not in ENCODERS:
+        raise InputError(
+            f"unknown encoder {meta.encoder!r}", hint=f"choose one of: {', '.join(ENCODERS)}"
+        )
+    return BuildingSegmenter(meta.encoder, meta.in_channels, meta.threshold, meta.dropout)
+
+
+def save_model(model: BuildingSegmenter, meta: ModelMeta, path: str | Path) -> None:
+    """Write weights + metadata atomically as one .safetensors file."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"rscrisis": meta.to_json()})
+
+
+def read_meta(path: str | Path) -> ModelMeta:
+    """Read only the metadata of a model file (cheap: no tensors are loaded)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            "no such model file", path=path, hint="train one with rscrisis train, or check the path"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:
+        raise InputError(
+            f"is not a readable .safetensors model ({str(exc).splitlines()[0]})",
+            path=path,
+            hint="the file may be truncated or not a model; use the file rscrisis train wrote",
+        ) from exc
+    if "rscrisis" not in header:
+        raise InputError(
+            "is a .safetensors file without rscrisis metadata",
+            path=path,
+            hint="rscrisis needs models written by rscrisis train",
+        )
+    meta = ModelMeta.from_json(header["rscrisis"], path)
+    if meta.format != FORMAT:
+        raise InputError(
+            f"has model format {meta.format!r}, this rscrisis reads {FORMAT!r}",
+            path=path,
+            hint="upgrade rscrisis",
+        )
+    return meta
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[BuildingSegmenter, ModelMeta]:
+    """Load a model file without unpickling anything; clear errors for bad files."""
+    from safetensors.torch import load_file
+
+    meta = read_meta(path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise InputError(
+            f"tensors cannot be read ({str(exc).splitlines()[0]})",
+            path=path,
+            hint="the file may be truncated; use another copy",
+        ) from exc
+    model = build_model(meta)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(
+            "tensors do not match the architecture in its metadata",
+            path=path,
+            hint="the file was modified or written by another tool",
+        ) from exc
+    return model.to(device), meta
+
+
+def check_bands(meta: ModelMeta, band_count: int, source: str | Path) -> None:
+    """Refuse imagery whose band count differs from what the model was trained on."""
+    if band_count != meta.in_channels:
+        raise InputError(
+            f"has {band_count} band(s) but the model expects {meta.in_channels}",
+            path=source,
+            hint="tile the imagery with --bands matching the model (see rscrisis info MODEL)",
+        )
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,441 @@
+"""``rscrisis train``: supervised training of the U-Net + IoU head on tile sets.
+
+The loop is shared by ``pretrain`` and ``finetune`` (later stages): masked BCE + Dice for the
+segmentation (255 = ignore), a regression of the IoU head onto the actual per-tile IoU of the
+detached thresholded prediction, AdamW with a one-cycle schedule, a spatially blocked
+validation split, early stopping, the best model kept as ``.safetensors``, a resumable state
+file, and the history written beside the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rscrisis import __version__
+from rscrisis.config import TrainConfig
+from rscrisis.data import TileDataset, augmentation, band_statistics, load_tiles, spatial_split
+from rscrisis.errors import InputError, OutputExistsError
+from rscrisis.metrics import Confusion, calibration
+from rscrisis.model import (
+    BuildingSegmenter,
+    ModelMeta,
+    build_model,
+    check_bands,
+    load_model,
+    save_model,
+)
+from rscrisis.outputs import atomic_path, write_json_atomic
+from rscrisis.progress import Progress, no_progress
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            "--device cuda asked for, but no CUDA GPU is available", hint="use --device cpu or auto"
+        )
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 autocast where it helps: on CUDA GPUs that support it; fp32 on CPU by default."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def masked_bce_dice(logits: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice over valid pixels only (mask: 1/0/255, valid: bool)."""
+    logits = logits.squeeze(1).float()
+    target = (mask == 1).float()
+    w = valid.float()
+    n = w.sum().clamp_min(1.0)
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / n
+    prob = torch.sigmoid(logits) * w
+    inter = (prob * target).sum()
+    dice = 1 - (2 * inter + 1.0) / (prob.sum() + (target * w).sum() + 1.0)
+    return bce + dice
+
+
+def batch_tile_iou(pred: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-tile IoU (B,) with the conventions of rscrisis.metrics: 1 if both empty, NaN if
+    the tile has no valid pixel."""
+    p = (pred & valid).flatten(1)
+    t = ((mask == 1) & valid).flatten(1)
+    inter = (p & t).sum(1).float()
+    union = (p | t).sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return torch.where(valid.flatten(1).any(1), iou, torch.full_like(iou, float("nan")))
+
+
+@dataclass
+class TrainResult:
+    model: str
+    epochs_run: int = 0
+    best_epoch: int = 0
+    best: dict = field(default_factory=dict)
+    train_tiles: int = 0
+    val_tiles: int = 0
+    buffer_dropped_tiles: int = 0
+    images_per_s: float = 0.0
+    seconds: float = 0.0
+    device: str = "cpu"
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sidecar(model_path: Path, suffix: str) -> Path:
+    """Files that live beside a model: ``pre.safetensors`` -> ``pre.history.csv`` etc."""
+    return model_path.with_name(model_path.name.removesuffix(".safetensors") + suffix)
+
+
+def _freeze(model: BuildingSegmenter, config: TrainConfig) -> list[torch.nn.Module]:
+    frozen: list[torch.nn.Module] = []
+    if config.freeze_encoder:
+        frozen = [model.unet.encoder]
+    elif config.freeze_stages:
+        stages = model.encoder_stages()
+        if config.freeze_stages > len(stages):
+            raise InputError(
+                f"--freeze-stages {config.freeze_stages}: the encoder has only {len(stages)} stages"
+            )
+        frozen = stages[: config.freeze_stages]
+    for m in frozen:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    return frozen
+
+
+@torch.no_grad()
+def validate(
+    model: BuildingSegmenter,
+    loader,
+    device: torch.device,
+    threshold: float,
+    amp: torch.dtype | None,
+) -> dict:
+    model.eval()
+    conf = Confusion()
+    pred_iou, true_iou = [], []
+    for x, m, v in loader:
+        x, m, v = x.to(device), m.to(device), v.to(device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits, iou, _ = model(x, v.unsqueeze(1))
+        pred = torch.sigmoid(logits.float()).squeeze(1) > threshold
+        t = (m == 1) & v
+        p = pred & v
+        tp = int((p & t).sum())
+        conf += Confusion(tp, int(p.sum()) - tp, int(t.sum()) - tp, 0)
+        pred_iou.extend(iou.float().cpu().tolist())
+        true_iou.extend(batch_tile_iou(pred, m, v).cpu().tolist())
+    scores = conf.scores()
+    cal = calibration(np.array(pred_iou), np.array(true_iou))
+    return {
+        "val_iou": scores["iou"],
+        "val_f1": scores["f1"],
+        "val_iou_spearman": cal["spearman"],
+        "val_iou_mae": cal["mae"],
+    }
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def train(
+    tilesets: Sequence[str | Path],
+    out: str | Path,
+    *,
+    config: TrainConfig | None = None,
+    init: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: Progress = no_progress,
+    extra_training_meta: dict | None = None,
+) -> TrainResult:
+    """Train on labelled tile sets and write the best model to ``out`` (.safetensors)."""
+    config = config or TrainConfig()
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise InputError("the model file name must end in .safetensors", path=out)
+    state_path = sidecar(out, ".state.pt")
+    if overwrite and resume:
+        raise InputError("--overwrite and --resume exclude each other", hint="choose one")
+    if resume and not state_path.exists():
+        raise InputError(
+            "nothing to resume: no training state beside the model",
+            path=out,
+            hint="start a new run (without --resume)",
+        )
+    if state_path.exists() and not (overwrite or resume):
+        raise OutputExistsError(
+            "an interrupted training run left its state here",
+            path=out,
+            hint="pass --resume to continue it or --overwrite to restart",
+        )
+    if out.exists() and not (overwrite or resume):
+        raise OutputExistsError(
+            "exists", path=out, hint="pass --overwrite to replace it or choose another --out"
+        )
+
+    t_start = time.perf_counter()
+    seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    amp = autocast_dtype(device, config.precision)
+
+    table = load_tiles(tilesets, need_masks=True)
+    frame = table.frame
+    train_idx, val_idx, dropped = spatial_split(
+        frame, config.val_fraction, config.block_tiles, config.seed
+    )
+    if config.max_tiles and len(train_idx) > config.max_tiles:
+        rng = np.random.default_rng(config.seed)
+        train_idx = np.sort(rng.choice(train_idx, config.max_tiles, replace=False))
+
+    if init is not None:
+        model, init_meta = load_model(init)
+        check_bands(init_meta, table.band_count, tilesets[0])
+        if config.encoder != init_meta.encoder:
+            log.info("--init model uses encoder %s; --encoder is ignored", init_meta.encoder)
+        mean, std = init_meta.mean, init_meta.std
+        encoder = init_meta.encoder
+        history_before = list(init_meta.history)
+        training_before = dict(init_meta.training)
+    else:
+        mean, std = band_statistics(list(frame.image_path.iloc[train_idx]), seed=config.seed)
+        encoder = config.encoder
+        history_before, training_before = [], {}
+    meta = ModelMeta(
+        encoder=encoder,
+        in_channels=table.band_count,
+        mean=mean,
+        std=std,
+        tile_size=table.tile_size,
+        threshold=config.threshold,
+        bands=table.bands,
+        colorinterp=table.colorinterp,
+        dtype=table.dtype,
+        gsd_m=table.gsd_m,
+    )
+    if init is None:
+        model = build_model(meta)
+    model.to(device)
+    frozen = _freeze(model, config)
+
+    def dataset(idx, aug):
+        rows = frame.iloc[idx]
+        return TileDataset(
+            rows.image_path,
+            rows.mask_path,
+            mean,
+            std,
+            table.dtype,
+            augment=augmentation(config.seed) if aug else None,
+        )
+
+    gen = torch.Generator().manual_seed(config.seed)
+    train_loader = torch.utils.data.DataLoader(
+        dataset(train_idx, config.augment),
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=gen,
+        drop_last=len(train_idx) > config.batch_size,
+    )
+    val_loader = (
+        torch.utils.data.DataLoader(dataset(val_idx, False), batch_size=config.batch_size)
+        if len(val_idx)
+        else None
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, len(train_loader))
+    total_steps = config.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.lr,
+        total_steps=total_steps,
+        pct_start=0.1,
+    )
+
+    history: list[dict] = []
+    best_score, best_epoch, start_epoch = -math.inf, 0, 0
+    if resume:
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = json.loads(state["history"])
+        best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        start_epoch = int(state["epoch"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming at epoch %d", start_epoch + 1)
+
+    result = TrainResult(
+        model=str(out),
+        train_tiles=len(train_idx),
+        val_tiles=len(val_idx),
+        buffer_dropped_tiles=len(dropped),
+        device=str(device),
+    )
+    train_meta = {
+        "tilesets": [str(t) for t in tilesets],
+        "config": config.model_dump(mode="json"),
+        "init": None if init is None else str(init),
+        "train_tiles": len(train_idx),
+        "val_tiles": len(val_idx),
+        **(extra_training_meta or {}),
+    }
+    seen = 0
+    t_train = 0.0
+    step = start_epoch * steps_per_epoch
+    epochs_without_gain = 0
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        for m in frozen:
+            m.eval()
+        t0 = time.perf_counter()
+        losses = []
+        for x, mask, valid in train_loader:
+            x, mask, valid = x.to(device), mask.to(device), valid.to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits, iou_pred, _ = model(x, valid.unsqueeze(1))
+            seg_loss = masked_bce_dice(logits, mask, valid)
+            with torch.no_grad():
+                pred = torch.sigmoid(logits.detach().float()).squeeze(1) > config.threshold
+                iou_true = batch_tile_iou(pred, mask, valid)
+            ok = torch.isfinite(iou_true)
+            iou_loss = (
+                F.mse_loss(iou_pred.float()[ok], iou_true[ok]) if ok.any() else iou_pred.sum() * 0
+            )
+            loss = seg_loss + config.iou_loss_weight * iou_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append((seg_loss.item(), iou_loss.item()))
+            seen += len(x)
+            step += 1
+            progress(
+                step,
+                total_steps,
+                f"epoch {epoch + 1}/{config.epochs} loss {np.mean([a for a, _ in losses]):.3f}",
+            )
+        t_train += time.perf_counter() - t0
+        row = {
+            "epoch": epoch + 1,
+            "seg_loss": round(float(np.mean([a for a, _ in losses])), 5),
+            "iou_loss": round(float(np.mean([b for _, b in losses])), 5),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        if val_loader is not None:
+            row.update(
+                {
+                    k: round(v, 5) if isinstance(v, float) and math.isfinite(v) else v
+                    for k, v in validate(model, val_loader, device, config.threshold, amp).items()
+                }
+            )
+            score = row["val_iou"]
+        else:
+            score = -row["seg_loss"]
+        history.append(row)
+        log.info("epoch %s", json.dumps(row))
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch = score, epoch + 1
+            epochs_without_gain = 0
+            meta.history = history_before + history
+            meta.training = {
+                **training_before,
+                **train_meta,
+                "best_epoch": best_epoch,
+                "rscrisis_version": __version__,
+            }
+            if training_before:
+                meta.training["previous"] = training_before
+            save_model(model, meta, out)
+        else:
+            epochs_without_gain += 1
+        with atomic_path(state_path) as tmp:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": json.dumps(history),
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "epoch": epoch + 1,
+                    "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                tmp,
+            )
+        _write_history(sidecar(out, ".history.csv"), history)
+        if epochs_without_gain >= config.patience:
+            log.info("early stopping: no improvement for %d epochs", config.patience)
+            break
+        if config.max_minutes and time.perf_counter() - t_start > 60 * config.max_minutes:
+            log.info("stopping: the %.1f min budget is spent", config.max_minutes)
+            break
+
+    # the best model's metadata gets the full history, including epochs after the best
+    best_model, best_meta = load_model(out)
+    best_meta.history = history_before + history
+    save_model(best_model, best_meta, out)
+    state_path.unlink(missing_ok=True)
+    result.history = history
+    result.epochs_run = len(history)
+    result.best_epoch = best_epoch
+    result.best = next((r for r in history if r["epoch"] == best_epoch), {})
+    result.images_per_s = round(seen / t_train, 2) if t_train else 0.0
+    result.seconds = round(time.perf_counter() - t_start, 2)
+    write_json_atomic(
+        sidecar(out, ".train.json"),
+        {
+            "kind": "rscrisis.train",
+            "rscrisis_version": __version__,
+            "config": config.model_dump(mode="json"),
+            "tilesets": [str(t) for t in tilesets],
+            "init": None if init is None else str(init),
+            "result": result.to_dict(),
+        },
+    )
+    return result

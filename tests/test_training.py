@@ -1,0 +1,115 @@
+"""Real (tiny) training runs: outputs, resume, determinism, transfer with frozen encoder."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from rscrisis.config import TrainConfig
+from rscrisis.errors import InputError, OutputExistsError
+from rscrisis.model import load_model, read_meta
+from rscrisis.training import batch_tile_iou, masked_bce_dice, train
+
+pytestmark = pytest.mark.slow
+TINY = {"epochs": 2, "batch_size": 4, "val_fraction": 0.25, "block_tiles": 1, "threads": 1}
+
+
+def test_batch_tile_iou_conventions():
+    pred = torch.zeros(3, 2, 2, dtype=torch.bool)
+    pred[1, 0, 0] = True
+    mask = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    mask[1, 0, :] = 1
+    valid = torch.ones(3, 2, 2, dtype=torch.bool)
+    valid[2] = False
+    iou = batch_tile_iou(pred, mask, valid)
+    assert iou[0] == 1.0 and iou[1] == pytest.approx(0.5) and torch.isnan(iou[2])
+
+
+def test_loss_ignores_invalid_pixels():
+    logits = torch.zeros(1, 1, 2, 2)
+    mask = torch.tensor([[[1, 0], [255, 255]]], dtype=torch.uint8)
+    valid = mask != 255
+    a = masked_bce_dice(logits, mask, valid)
+    logits2 = logits.clone()
+    logits2[0, 0, 1, :] = 50.0  # only ignored pixels change
+    assert masked_bce_dice(logits2, mask, valid) == pytest.approx(float(a))
+
+
+def test_trained_model_files_and_metadata(tiny_model, tiny_tiles):
+    meta = read_meta(tiny_model)
+    assert meta.in_channels == 3 and meta.tile_size == 64 and meta.dtype == "uint8"
+    assert len(meta.history) == 2 and "val_iou" in meta.history[0]
+    assert meta.training["tilesets"] == [str(tiny_tiles)]
+    assert meta.gsd_m == pytest.approx(0.3)
+    history = tiny_model.with_name("tiny.history.csv")
+    rows = list(csv.DictReader(history.open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    summary = json.loads(tiny_model.with_name("tiny.train.json").read_text())
+    assert summary["config"]["epochs"] == 2 and summary["result"]["train_tiles"] > 0
+    assert not tiny_model.with_name("tiny.state.pt").exists()
+
+
+def test_refuses_existing_model(tiny_model, tiny_tiles):
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        train([tiny_tiles], tiny_model, config=TrainConfig(**TINY))
+    with pytest.raises(InputError, match="nothing to resume"):
+        train([tiny_tiles], tiny_model.with_name("other.safetensors"), resume=True)
+
+
+def test_same_seed_same_weights(tiny_tiles, tmp_path):
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    train([tiny_tiles], tmp_path / "a.safetensors", config=cfg)
+    train([tiny_tiles], tmp_path / "b.safetensors", config=cfg)
+    a, _ = load_model(tmp_path / "a.safetensors")
+    b, _ = load_model(tmp_path / "b.safetensors")
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), k
+
+
+def test_resume_after_interruption(tiny_tiles, tmp_path):
+    out = tmp_path / "r.safetensors"
+    cfg = TrainConfig(**TINY)
+
+    def kill_in_epoch_2(step, total, desc=""):
+        if desc.startswith("epoch 2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train([tiny_tiles], out, config=cfg, progress=kill_in_epoch_2)
+    assert out.with_name("r.state.pt").exists()
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train([tiny_tiles], out, config=cfg)
+    result = train([tiny_tiles], out, config=cfg, resume=True)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert not out.with_name("r.state.pt").exists()
+
+
+def test_init_with_frozen_encoder_keeps_encoder(tiny_model, tiny_tiles, tmp_path):
+    out = tmp_path / "ft.safetensors"
+    train(
+        [tiny_tiles],
+        out,
+        init=tiny_model,
+        config=TrainConfig(**{**TINY, "epochs": 1, "freeze_encoder": True}),
+    )
+    before, bmeta = load_model(tiny_model)
+    after, ameta = load_model(out)
+    for (k, x), (_, y) in zip(
+        before.unet.encoder.state_dict().items(),
+        after.unet.encoder.state_dict().items(),
+        strict=True,
+    ):
+        assert torch.equal(x, y), k
+    changed = any(
+        not torch.equal(x, y)
+        for x, y in zip(
+            before.unet.decoder.state_dict().values(),
+            after.unet.decoder.state_dict().values(),
+            strict=True,
+        )
+    )
+    assert changed
+    assert ameta.mean == bmeta.mean  # normalisation is inherited
+    assert len(ameta.history) == len(bmeta.history) + 1
+    assert ameta.training["init"] == str(tiny_model)
