@@ -94,7 +94,9 @@ class TrainConfig(_Config):
     encoder: str = Field("resnet18", description="encoder of the U-Net (see rscrisis models)")
     epochs: int = Field(30, ge=1, description="maximum number of epochs")
     batch_size: int = Field(8, ge=1, description="tiles per optimisation step")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate of AdamW (one-cycle schedule)")
+    lr: float = Field(
+        1e-3, gt=0, description="peak learning rate of AdamW (warm-up, then cosine decay)"
+    )
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     val_fraction: float = Field(
         0.2, ge=0.0, lt=1.0, description="fraction of tiles held out, in spatial blocks"

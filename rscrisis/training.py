@@ -2,7 +2,7 @@
 
 The loop is shared by ``pretrain`` and ``finetune`` (later stages): masked BCE + Dice for the
 segmentation (255 = ignore), a regression of the IoU head onto the actual per-tile IoU of the
-detached thresholded prediction, AdamW with a one-cycle schedule, a spatially blocked
+detached thresholded prediction, AdamW with warm-up and cosine decay, a spatially blocked
 validation split, early stopping, the best model kept as ``.safetensors``, a resumable state
 file, and the history written beside the model.
 """
@@ -92,6 +92,29 @@ def batch_tile_iou(pred: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) 
     union = (p | t).sum(1).float()
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
     return torch.where(valid.flatten(1).any(1), iou, torch.full_like(iou, float("nan")))
+
+
+class WarmupCosine:
+    """Learning-rate factor: linear warm-up over 10 % of the plan, then cosine decay to 1 %.
+
+    The plan (total steps) can shrink once, when a wall-clock budget shows fewer epochs fit
+    than asked; as a callable object its state is saved with the scheduler for ``--resume``.
+    """
+
+    def __init__(self, total_steps: int, warmup_fraction: float = 0.1):
+        self.total = max(1, total_steps)
+        self.warmup = max(1, int(warmup_fraction * self.total))
+        self.warmup_fraction = warmup_fraction
+
+    def replan(self, total_steps: int) -> None:
+        self.total = max(1, total_steps)
+        self.warmup = min(self.warmup, max(1, int(self.warmup_fraction * self.total)))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -286,12 +309,8 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(train_loader))
     total_steps = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=config.lr,
-        total_steps=total_steps,
-        pct_start=0.1,
-    )
+    plan = WarmupCosine(total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan)
 
     history: list[dict] = []
     best_score, best_epoch, start_epoch = -math.inf, 0, 0
@@ -412,7 +431,18 @@ def train(
         if epochs_without_gain >= config.patience:
             log.info("early stopping: no improvement for %d epochs", config.patience)
             break
-        if config.max_minutes and time.perf_counter() - t_start > 60 * config.max_minutes:
+        elapsed = time.perf_counter() - t_start
+        if config.max_minutes and epoch == start_epoch and not resume:
+            # Now that one epoch has been timed, fit the schedule to the budget so the
+            # learning rate anneals before time runs out (not reproducible across machines).
+            fit = int((60 * config.max_minutes - elapsed) // max(row["seconds"], 1e-3)) + 1
+            planned = max(epoch + 1, min(config.epochs, fit))
+            plan.replan(planned * steps_per_epoch)
+            total_steps = planned * steps_per_epoch
+            log.info("budget of %.1f min: planning %d epochs", config.max_minutes, planned)
+        if step >= plan.total:
+            break
+        if config.max_minutes and elapsed > 60 * config.max_minutes:
             log.info("stopping: the %.1f min budget is spent", config.max_minutes)
             break
 

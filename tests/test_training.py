@@ -113,3 +113,22 @@ def test_init_with_frozen_encoder_keeps_encoder(tiny_model, tiny_tiles, tmp_path
     assert ameta.mean == bmeta.mean  # normalisation is inherited
     assert len(ameta.history) == len(bmeta.history) + 1
     assert ameta.training["init"] == str(tiny_model)
+
+
+def test_schedule_warms_up_decays_and_replans():
+    from rscrisis.training import WarmupCosine
+
+    plan = WarmupCosine(100)
+    assert plan(0) == pytest.approx(0.1) and plan(9) == pytest.approx(1.0)
+    assert plan(100) == pytest.approx(0.01) and plan(99) < 0.015
+    assert plan(50) < plan(20)
+    plan.replan(40)  # a budget shows only 40 steps fit: decay must end by then
+    assert plan(40) == pytest.approx(0.01) and plan(39) < 0.03
+    assert plan.warmup == 4
+
+
+def test_time_budget_stops_and_anneals(tiny_tiles, tmp_path):
+    cfg = TrainConfig(**{**TINY, "epochs": 50, "max_minutes": 0.05})
+    result = train([tiny_tiles], tmp_path / "b.safetensors", config=cfg)
+    assert 1 <= result.epochs_run < 50
+    assert result.history[-1]["lr"] < 0.5 * cfg.lr or result.epochs_run <= 2
