@@ -11,14 +11,14 @@ mkdir -p "$OUT"
 # 1. Tile the pretraining area with its noisy OSM-like labels; tile the new area twice: without
 #    labels (what a field team has) and with its true footprints (to measure how we do).
 "$RS" tile sample_data/area_a/area_a.tif --labels sample_data/area_a/buildings_osm.gpkg \
-    --out "$OUT/tiles-a" --size 256 --overwrite
-"$RS" tile sample_data/area_b/area_b.tif --out "$OUT/tiles-b" --size 256 \
+    --out "$OUT/tiles-a" --size 128 --overwrite
+"$RS" tile sample_data/area_b/area_b.tif --out "$OUT/tiles-b" --size 128 \
     --min-valid 0.2 --overwrite
 "$RS" tile sample_data/area_b/area_b.tif --labels sample_data/area_b/buildings.gpkg \
-    --out "$OUT/tiles-b-truth" --size 256 --min-valid 0.2 --overwrite
+    --out "$OUT/tiles-b-truth" --size 128 --min-valid 0.2 --overwrite
 
 # 2. Train on the noisy labels (a short run: real runs use more epochs).
-"$RS" train "$OUT/tiles-a" --out "$OUT/models/a.safetensors" --epochs 3 --overwrite
+"$RS" train "$OUT/tiles-a" --out "$OUT/models/a.safetensors" --epochs 8 --overwrite
 
 # 3. Predict the new area: probabilities, predicted IoU and uncertainty per tile.
 "$RS" predict "$OUT/models/a.safetensors" "$OUT/tiles-b" --out "$OUT/pred-b" --overwrite

@@ -5,8 +5,11 @@ wrong. Like Segment Anything's IoU head, a small MLP regresses, per tile, the Io
 own thresholded prediction against the truth. It sees pooled encoder-bottleneck features (what
 the tile looks like), pooled decoder features (what the model made of it) and a few statistics
 of the probability map (mean probability, mean entropy, the training-free expected IoU, the
-predicted building fraction). It is trained jointly with the segmentation loss against the actual
-per-tile IoU of the detached prediction (see :mod:`rscrisis.metrics` for the conventions).
+predicted building fraction). Its output is a correction, in logit space, to the training-free
+expected IoU: an untrained head returns that baseline, and training can only learn where the
+model's confidence is misleading (e.g. confidently wrong on an unfamiliar roof type). It is
+trained jointly with the segmentation loss against the actual per-tile IoU of the detached
+prediction (see :mod:`rscrisis.metrics` for the conventions).
 
 Model files are ``.safetensors``: tensors plus a JSON metadata string under the ``rscrisis`` key
 of the safetensors header (architecture, encoder, bands, normalisation, tile size, threshold,
@@ -32,13 +35,13 @@ FORMAT = "rscrisis.model/1"
 ARCHITECTURE = "unet+iou-head"
 
 #: Encoders offered by ``--encoder``. All build without downloading weights
-#: (``encoder_weights=None``). The default, resnet18, won the CPU IoU-per-second comparison in
-#: benchmarks/bench_train.py (see README).
+#: (``encoder_weights=None``). ``benchmarks/bench_train.py --compare-encoders`` measures test IoU
+#: per minute of CPU training for each; resnet18 won (README: "Why resnet18 is the default").
 ENCODERS: dict[str, str] = {
     "resnet18": "ResNet-18: fast on CPU, strong default",
     "resnet34": "ResNet-34: deeper, slower",
-    "mobilenet_v2": "MobileNetV2: fewest FLOPs",
-    "efficientnet-b0": "EfficientNet-B0: small, slower on CPU than its FLOPs suggest",
+    "mobilenet_v2": "MobileNetV2: fastest inference, less accurate",
+    "efficientnet-b0": "EfficientNet-B0: small, learns slowest from scratch",
     "tu-regnety_004": "RegNetY-400MF (timm): small, efficient",
 }
 DEFAULT_ENCODER = "resnet18"
@@ -82,6 +85,10 @@ class BuildingSegmenter(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(128, 1),
         )
+        # the head learns a correction to the training-free expected IoU (residual in logit
+        # space); a zero last layer makes an untrained head return exactly that baseline
+        nn.init.zeros_(self.iou_head[-1].weight)
+        nn.init.zeros_(self.iou_head[-1].bias)
         self.embedding_dim = c_enc
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None):
@@ -96,7 +103,8 @@ class BuildingSegmenter(nn.Module):
             pooled_dec = (decoded * v).sum(dim=(2, 3)) / v.sum(dim=(2, 3)).clamp_min(1.0)
         stats = prob_stats(torch.sigmoid(logits.detach().float()), valid, self.threshold)
         head_in = torch.cat([embedding, pooled_dec, stats.to(embedding.dtype)], dim=1)
-        iou = torch.sigmoid(self.iou_head(head_in)).squeeze(1)
+        base = torch.logit(stats[:, 2].clamp(1e-3, 1 - 1e-3)).to(embedding.dtype)
+        iou = torch.sigmoid(base + self.iou_head(head_in).squeeze(1))
         return logits, iou, embedding
 
     def encoder_stages(self) -> list[nn.Module]:

@@ -121,6 +121,7 @@ class WarmupCosine:
 class TrainResult:
     model: str
     epochs_run: int = 0
+    planned_epochs: int = 0
     best_epoch: int = 0
     best: dict = field(default_factory=dict)
     train_tiles: int = 0
@@ -278,6 +279,7 @@ def train(
     )
     if init is None:
         model = build_model(meta)
+    model.threshold = config.threshold
     model.to(device)
     frozen = _freeze(model, config)
 
@@ -332,6 +334,7 @@ def train(
         val_tiles=len(val_idx),
         buffer_dropped_tiles=len(dropped),
         device=str(device),
+        planned_epochs=config.epochs,
     )
     train_meta = {
         "tilesets": [str(t) for t in tilesets],
@@ -438,6 +441,7 @@ def train(
             fit = int((60 * config.max_minutes - elapsed) // max(row["seconds"], 1e-3)) + 1
             planned = max(epoch + 1, min(config.epochs, fit))
             plan.replan(planned * steps_per_epoch)
+            result.planned_epochs = planned
             total_steps = planned * steps_per_epoch
             log.info("budget of %.1f min: planning %d epochs", config.max_minutes, planned)
         if step >= plan.total:

@@ -76,3 +76,38 @@ def test_predict_scene_without_labels(banepa, tmp_path):
         [banepa / "predict" / "scene.tif"], tmp_path / "p", config=TileConfig(size=256, overlap=32)
     )
     assert res.tiles == 81 and not (tmp_path / "p" / "masks").exists()
+
+
+@pytest.mark.slow
+def test_train_and_predict_on_real_chips(banepa, tmp_path):
+    import geopandas as gpd
+
+    from rscrisis.config import PredictConfig, TrainConfig
+    from rscrisis.inference import predict_tiles, read_prob
+    from rscrisis.training import train
+
+    chips = sorted((banepa / "raw" / "train").glob("*.tif"))[:6]
+    tile(
+        chips,
+        tmp_path / "t",
+        labels=[banepa / "train" / "buildings_osm.geojson"],
+        config=TileConfig(size=256),
+    )
+    model = tmp_path / "m.safetensors"
+    result = train(
+        [tmp_path / "t"],
+        model,
+        config=TrainConfig(epochs=1, batch_size=4, val_fraction=0.2, block_tiles=1, threads=2),
+    )
+    assert result.train_tiles > 0 and result.history[0]["seg_loss"] > 0
+    predict_tiles(model, [tmp_path / "t"], tmp_path / "p", config=PredictConfig(batch_size=4))
+    scores = gpd.read_file(tmp_path / "p" / "scores.gpkg")
+    assert len(scores) == 24 and scores.crs.to_epsg() == 4326
+    tid = scores.tile_id.iloc[0]
+    with (
+        rasterio.open(tmp_path / "p" / "probs" / f"{tid}.tif") as p,
+        rasterio.open(tmp_path / "t" / "images" / f"{tid}.tif") as t,
+    ):
+        assert p.crs.to_epsg() == 4326 and p.transform == t.transform
+    prob, valid = read_prob(tmp_path / "p" / "probs" / f"{tid}.tif")
+    assert valid.all() and prob.shape == (256, 256)

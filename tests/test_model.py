@@ -114,3 +114,12 @@ def test_loading_never_unpickles(tmp_path):
 def test_band_mismatch_is_input_error():
     with pytest.raises(InputError, match="has 4 band.s. but the model expects 3"):
         check_bands(meta(3), 4, "tiles/")
+
+
+def test_untrained_head_returns_the_expected_iou_baseline():
+    net = BuildingSegmenter("resnet18", 3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, iou, _ = net(x)
+        soft = prob_stats(torch.sigmoid(logits), None, 0.5)[:, 2]
+    assert torch.allclose(iou, soft.clamp(1e-3, 1 - 1e-3), atol=1e-5)

@@ -127,8 +127,9 @@ def test_schedule_warms_up_decays_and_replans():
     assert plan.warmup == 4
 
 
-def test_time_budget_stops_and_anneals(tiny_tiles, tmp_path):
+def test_time_budget_replans_and_stops(tiny_tiles, tmp_path):
     cfg = TrainConfig(**{**TINY, "epochs": 50, "max_minutes": 0.05})
     result = train([tiny_tiles], tmp_path / "b.safetensors", config=cfg)
-    assert 1 <= result.epochs_run < 50
-    assert result.history[-1]["lr"] < 0.5 * cfg.lr or result.epochs_run <= 2
+    # 50 epochs cannot fit in 3 s: the plan shrinks and the run ends early (no timing asserted)
+    assert 1 <= result.planned_epochs < 50
+    assert 1 <= result.epochs_run <= result.planned_epochs
