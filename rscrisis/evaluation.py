@@ -110,7 +110,7 @@ def evaluate(
                 }
             )
             i += 1
-        progress(i, len(frame), "evaluating")
+        progress(i, len(frame))
     true = np.array([r["true_iou"] for r in rows])
     result = EvalResult(
         model=str(model_path),

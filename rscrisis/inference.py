@@ -272,7 +272,7 @@ def predict_tiles(
                 row["geometry"] = rec.geometry
                 rows.append(row)
                 i += 1
-            progress(i, n, "predicting")
+            progress(i, n)
         embeddings.flush()
         del embeddings
         emb_tmp.replace(out / EMBEDDINGS)

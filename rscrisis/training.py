@@ -398,6 +398,13 @@ def train(
         else:
             score = -row["seg_loss"]
         history.append(row)
+        if "val_iou" in row:
+            progress(
+                step,
+                total_steps,
+                f"epoch {epoch + 1}/{config.epochs} "
+                f"loss {row['seg_loss']:.3f} val IoU {row['val_iou']:.3f}",
+            )
         log.info("epoch %s", json.dumps(row))
         improved = score > best_score
         if improved:
