@@ -9,7 +9,6 @@ IoU head ranks and estimates the true per-tile IoU (Spearman rho, MAE). The trai
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from rscrisis.metrics import (
     object_counts,
     tile_iou,
 )
-from rscrisis.outputs import atomic_path, guard_output_dir, write_json_atomic
+from rscrisis.outputs import guard_output_dir, write_csv_atomic, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 
 PRODUCTS = ("evaluation.json", "per_tile.csv")
@@ -126,10 +125,7 @@ def evaluate(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "per_tile.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv_atomic(out / "per_tile.csv", rows)
         write_json_atomic(
             out / "evaluation.json",
             {

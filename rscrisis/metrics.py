@@ -147,15 +147,8 @@ class ObjectCounts:
         return self
 
     def scores(self) -> dict[str, float]:
-        d = asdict(self)
-        d.update(
-            {
-                "precision": _ratio(self.tp, self.tp + self.fp, 1.0 if self.fn == 0 else 0.0),
-                "recall": _ratio(self.tp, self.tp + self.fn, 1.0 if self.fp == 0 else 0.0),
-                "f1": _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn, 1.0),
-            }
-        )
-        return d
+        rates = pixel_scores(self.tp, self.fp, self.fn)
+        return {**asdict(self), **{k: rates[k] for k in ("precision", "recall", "f1")}}
 
 
 def match_objects(predicted: list, truth: list, iou_threshold: float = 0.5) -> ObjectCounts:

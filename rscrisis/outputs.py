@@ -44,6 +44,17 @@ def write_json_atomic(final: Path, payload: Any) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_csv_atomic(final: Path, rows: list[dict]) -> None:
+    """Write dict rows as CSV; the header is the union of their keys, in first-seen order."""
+    import csv
+
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with atomic_path(final) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def remove_partials(folder: Path) -> int:
     """Delete leftovers of a killed run (``.*.partial.*``) below ``folder``; returns the count."""
     n = 0

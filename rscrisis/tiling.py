@@ -186,9 +186,14 @@ def _check_overlap(plans: Sequence[ScenePlan], labels: Labels) -> list[str]:
     return missing
 
 
+def _block_size(size: int) -> int:
+    """GeoTIFF block side for a tile: 256, or the largest multiple of 16 in a smaller tile."""
+    return 256 if size >= 256 else max(16, size // 16 * 16)
+
+
 def _image_profile(info: SceneInfo, config: TileConfig, transform: Affine) -> dict:
     size = config.size
-    block = 256 if size >= 256 else max(16, size // 16 * 16)
+    block = _block_size(size)
     profile: dict = {
         "driver": "GTiff",
         "width": size,
@@ -218,7 +223,7 @@ def _image_profile(info: SceneInfo, config: TileConfig, transform: Affine) -> di
 
 
 def _mask_profile(info: SceneInfo, config: TileConfig, transform: Affine) -> dict:
-    block = 256 if config.size >= 256 else max(16, config.size // 16 * 16)
+    block = _block_size(config.size)
     return {
         "driver": "GTiff",
         "width": config.size,

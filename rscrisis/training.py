@@ -9,7 +9,6 @@ file, and the history written beside the model.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -35,7 +34,7 @@ from rscrisis.model import (
     load_model,
     save_model,
 )
-from rscrisis.outputs import atomic_path, write_json_atomic
+from rscrisis.outputs import atomic_path, write_csv_atomic, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -188,16 +187,6 @@ def validate(
         "val_iou_spearman": cal["spearman"],
         "val_iou_mae": cal["mae"],
     }
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    if not history:
-        return
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def train(
@@ -437,7 +426,7 @@ def train(
                 },
                 tmp,
             )
-        _write_history(sidecar(out, ".history.csv"), history)
+        write_csv_atomic(sidecar(out, ".history.csv"), history)
         if epochs_without_gain >= config.patience:
             log.info("early stopping: no improvement for %d epochs", config.patience)
             break
