@@ -10,8 +10,9 @@ overlap; training tiles (tiled with overlap for more samples) lie north of it wi
 tile, and train's own validation split is spatially blocked inside them. Labels are the OSM
 footprints in both areas (so test scores are against OSM, noise included).
 
-Prints a table (test pixel IoU, object F1, predicted-IoU Spearman rho and MAE, training
-images/s, inference tiles/s) and saves it as CSV and JSON under benchmarks/results/.
+Prints a table (test pixel IoU and object F1, plain and with 8-view TTA, predicted-IoU
+Spearman rho and MAE, training images/s, inference tiles/s) and saves it as CSV and JSON
+under benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def run(work: Path, encoder: str, minutes: float, args) -> dict:
     )
     train_s = time.perf_counter() - t0
     ev = evaluate(model, [work / "test"], config=PredictConfig(batch_size=8))
+    ev_tta = evaluate(model, [work / "test"], config=PredictConfig(batch_size=8, tta=True))
     pred = predict_tiles(model, [work / "test"], work / f"pred-{encoder}", overwrite=True)
     return {
         "encoder": encoder,
@@ -100,6 +102,9 @@ def run(work: Path, encoder: str, minutes: float, args) -> dict:
         "test_pixel_iou": round(ev.pixel["iou"], 4),
         "test_f1": round(ev.pixel["f1"], 4),
         "test_object_f1": round(ev.objects["f1"], 4),
+        "test_pixel_iou_tta": round(ev_tta.pixel["iou"], 4),
+        "test_object_f1_tta": round(ev_tta.objects["f1"], 4),
+        "pred_iou_spearman_tta": round(ev_tta.pred_iou_calibration["spearman"], 4),
         "pred_iou_spearman": round(ev.pred_iou_calibration["spearman"], 4),
         "pred_iou_mae": round(ev.pred_iou_calibration["mae"], 4),
         "soft_iou_spearman": round(ev.soft_iou_calibration["spearman"], 4),

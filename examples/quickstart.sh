@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The README quickstart: run the rscrisis loop on the shipped synthetic sample data.
-# Stages available so far: tile -> train -> predict -> evaluate. Later stages (rank, finetune)
-# append their commands here. Outputs go to runs/quickstart/ (rerunnable: --overwrite).
+# The whole loop: tile -> train -> predict (tiles and whole scene) -> evaluate -> rank ->
+# (simulated annotators) -> finetune -> predict -> evaluate -> rank the next batch.
+# Outputs go to runs/quickstart/ (rerunnable: --overwrite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RS=${RSCRISIS:-.venv/bin/rscrisis}
+PY=${PYTHON:-.venv/bin/python}
 OUT=runs/quickstart
 mkdir -p "$OUT"
 
@@ -17,8 +19,9 @@ mkdir -p "$OUT"
 "$RS" tile sample_data/area_b/area_b.tif --labels sample_data/area_b/buildings.gpkg \
     --out "$OUT/tiles-b-truth" --size 128 --min-valid 0.2 --overwrite
 
-# 2. Train on the noisy labels (a short run: real runs use more epochs).
-"$RS" train "$OUT/tiles-a" --out "$OUT/models/a.safetensors" --epochs 8 --overwrite
+# 2. Pretrain on the noisy labels with the noise-robust defaults (a short run: real runs use
+#    more epochs).
+"$RS" pretrain "$OUT/tiles-a" --out "$OUT/models/a.safetensors" --epochs 8 --overwrite
 
 # 3. Predict the new area: probabilities, predicted IoU and uncertainty per tile.
 "$RS" predict "$OUT/models/a.safetensors" "$OUT/tiles-b" --out "$OUT/pred-b" --overwrite
@@ -27,4 +30,25 @@ mkdir -p "$OUT"
 "$RS" evaluate "$OUT/models/a.safetensors" "$OUT/tiles-b-truth" --out "$OUT/eval-b" \
     --overwrite --json > "$OUT/eval-b.json"
 
-echo "quickstart done: see $OUT (open the index.gpkg and scores.gpkg files in QGIS)" >&2
+# 5. Map the whole new scene: seamless probability/mask COGs, one polygon per building (squared
+#    outlines), and a per-window quality layer.
+"$RS" predict "$OUT/models/a.safetensors" sample_data/area_b/area_b.tif --out "$OUT/map-b" \
+    --regularize --geojson --overwrite
+
+# 6. Rank the new area's tiles for annotation and export the top ones as a batch.
+"$RS" rank "$OUT/pred-b" --formula entropy-iou --top 6 --out "$OUT/batch-01" --overwrite
+
+# 7. People correct the batch in QGIS/JOSM; here a simulated annotator draws the true
+#    footprints into tasks/*/buildings.gpkg and marks the tasks done (one is skipped).
+"$PY" examples/simulated_annotator.py "$OUT/batch-01" sample_data/area_b/buildings.gpkg --skip 1
+
+# 8. Fine-tune on the corrected batch (replaying area A so the model does not forget it), then
+#    predict and evaluate again; the next batch leaves out the tiles already labelled.
+"$RS" finetune "$OUT/models/a.safetensors" "$OUT/batch-01" --out "$OUT/models/ft-01.safetensors" \
+    --replay "$OUT/tiles-a" --epochs 8 --overwrite
+"$RS" predict "$OUT/models/ft-01.safetensors" "$OUT/tiles-b" --out "$OUT/pred-b-01" --overwrite
+"$RS" evaluate "$OUT/models/ft-01.safetensors" "$OUT/tiles-b-truth" --out "$OUT/eval-b-01" \
+    --overwrite --json > "$OUT/eval-b-01.json"
+"$RS" rank "$OUT/pred-b-01" --top 6 --out "$OUT/batch-02" --overwrite
+
+echo "quickstart done: see $OUT (open the .gpkg files and map-b/*.tif in QGIS)" >&2

@@ -85,7 +85,38 @@ def resolve(config: type[_Config], **values) -> _Config:
 
 
 DeviceName = Literal["auto", "cpu", "cuda"]
+LossName = Literal["bce-dice", "sce", "bootstrap"]
+TransferName = Literal["all", "encoder", "encoder+decoder"]
 PrecisionName = Literal["auto", "fp32", "bf16"]
+
+
+# the noise-robust options, shared by train (off) and pretrain (on): one definition each
+def _loss_field(default: str):
+    return Field(
+        default,
+        description="bce-dice; sce: symmetric cross-entropy + Dice; bootstrap: soft "
+        "bootstrapping + Dice (the last two resist label noise)",
+    )
+
+
+def _smoothing_field(default: float):
+    return Field(default, ge=0, lt=1, description="targets 1 - e/2 and e/2 instead of 1 and 0")
+
+
+def _weighting_field(default: float):
+    return Field(
+        default,
+        ge=0,
+        le=1,
+        description="down-weight pixels where the model confidently disagrees with the label "
+        "by up to this much, ramped in over training (0: off)",
+    )
+
+
+def _edge_field(default: int):
+    return Field(
+        default, ge=0, le=16, description="ignore pixels within this many px of label outlines"
+    )
 
 
 class TrainConfig(_Config):
@@ -124,6 +155,33 @@ class TrainConfig(_Config):
     max_minutes: float | None = Field(
         None, gt=0, description="stop after the epoch that crosses this wall-clock budget"
     )
+    transfer: TransferName = Field(
+        "all",
+        description="with --init: what the starting model passes on: all, encoder, or "
+        "encoder+decoder (encoder and the 2 deepest of 5 decoder blocks); the rest starts "
+        "fresh",
+    )
+    freeze_transferred: bool = Field(
+        False, description="with --init: freeze the transferred part (for all: all but heads)"
+    )
+    loss: LossName = _loss_field("bce-dice")
+    label_smoothing: float = _smoothing_field(0.0)
+    confidence_weighting: float = _weighting_field(0.0)
+    edge_ignore: int = _edge_field(0)
+
+
+class PretrainConfig(TrainConfig):
+    """``rscrisis pretrain``: training on noisy labels (e.g. OSM), with robust defaults.
+
+    Symmetric cross-entropy, label smoothing 0.1, confidence weighting 0.8 and a 2 px ignore
+    band around outlines; see rscrisis.losses for why each helps and the README for the
+    measurement behind these defaults.
+    """
+
+    loss: LossName = _loss_field("sce")
+    label_smoothing: float = _smoothing_field(0.1)
+    confidence_weighting: float = _weighting_field(0.8)
+    edge_ignore: int = _edge_field(2)
 
 
 class PredictConfig(_Config):
@@ -135,4 +193,200 @@ class PredictConfig(_Config):
     )
     device: DeviceName = Field("auto", description="auto picks cuda when available")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
+    tta: bool = Field(
+        False,
+        description="average the 8 flips/90° rotations (8x the compute; usually a few IoU "
+        "points better) and report how much they disagree",
+    )
     seed: int = Field(0, description="random seed for MC dropout")
+
+
+ProbFormat = Literal["uint8", "float16"]
+
+
+class SceneConfig(_Config):
+    """How ``rscrisis predict`` turns a whole scene into a building map."""
+
+    window: int | None = Field(
+        None, ge=32, description="window side in pixels, a multiple of 32 (default: model tile)"
+    )
+    overlap: int | None = Field(
+        None,
+        ge=0,
+        description="pixels shared by neighbouring windows, blended with a cosine ramp "
+        "(default: a quarter of the window)",
+    )
+    batch_size: int = Field(8, ge=1, description="windows per forward pass")
+    resolution: float | None = Field(
+        None,
+        gt=0,
+        description="run at this resolution in metres (default: the model's, when the scene "
+        "differs from it by more than 10 %)",
+    )
+    bands: tuple[int, ...] | None = Field(
+        None, description="1-based scene bands to feed the model (default: the model's bands)"
+    )
+    prob_format: ProbFormat = Field(
+        "uint8",
+        description="probability raster: uint8 (p x 254, 255 = nodata) or float16 (NaN nodata)",
+    )
+    min_area: float = Field(2.0, ge=0, description="drop buildings smaller than this (m²)")
+    simplify: float = Field(
+        0.3, ge=0, description="Douglas-Peucker tolerance of building outlines (m; 0: off)"
+    )
+    regularize: bool = Field(
+        False, description="square building outlines (edges parallel/perpendicular)"
+    )
+    geojson: bool = Field(False, description="also write buildings.geojson")
+    tta: bool = Field(
+        False,
+        description="average the 8 flips/90° rotations per window (8x the compute); their "
+        "disagreement feeds the per-window uncertainty layer",
+    )
+    device: DeviceName = Field("auto", description="auto picks cuda when available")
+    precision: PrecisionName = Field(
+        "auto", description="auto: bf16 autocast on CUDA when supported, fp32 on CPU"
+    )
+    channels_last: bool = Field(False, description="channels-last memory format for the model")
+    prefetch: int = Field(2, ge=1, le=16, description="batches read ahead by the reader thread")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
+
+    @model_validator(mode="after")
+    def _window_shape(self) -> SceneConfig:
+        if self.window is not None and self.window % 32:
+            raise ValueError(f"window ({self.window}) must be a multiple of 32")
+        if self.window is not None and self.overlap is not None and self.overlap >= self.window:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than window")
+        return self
+
+
+FormulaName = Literal["entropy-iou", "entropy", "margin", "iou", "soft-iou", "bald", "random"]
+DiversityName = Literal["none", "coreset", "cluster"]
+
+
+class RankConfig(_Config):
+    """How ``rscrisis rank`` picks and exports an annotation batch."""
+
+    formula: FormulaName = Field("entropy-iou", description="priority formula (see rank --help)")
+    top: int = Field(20, ge=1, description="tiles in the batch")
+    diversity: DiversityName = Field(
+        "none",
+        description="none; coreset: greedy k-center on embeddings; cluster: k-means, best per "
+        "cluster (both among the top pool-factor x K by priority)",
+    )
+    pool_factor: int = Field(
+        5, ge=1, description="diversity chooses among the top pool-factor x K tiles"
+    )
+    spacing: float = Field(
+        0.0,
+        ge=0,
+        description="minimum ground distance between chosen tiles in metres (0: they must not "
+        "touch or overlap)",
+    )
+    spatial: bool = Field(True, description="keep chosen tiles apart on the ground (see --spacing)")
+    min_valid: float = Field(
+        0.5, ge=0, le=1, description="skip tiles with less valid (not nodata) area than this"
+    )
+    skip_empty: bool = Field(False, description="skip tiles where no building is predicted")
+    exclude: tuple[str, ...] = Field(
+        (), description="earlier batch folders whose tiles are not proposed again"
+    )
+    seed: int = Field(0, description="seed of the random formula and of k-means")
+    min_area: float = Field(2.0, ge=0, description="pre-annotation: drop smaller buildings (m²)")
+    simplify: float = Field(0.3, ge=0, description="pre-annotation simplification (m)")
+    regularize: bool = Field(True, description="pre-annotation outlines squared")
+    label_studio: bool = Field(False, description="also write a Label Studio import file")
+
+
+class FinetuneConfig(_Config):
+    """How ``rscrisis finetune`` adapts a model to corrected annotation batches."""
+
+    epochs: int = Field(30, ge=1, description="maximum number of epochs")
+    batch_size: int = Field(8, ge=1, description="tiles per optimisation step")
+    lr_scale: float = Field(
+        0.3,
+        gt=0,
+        description="learning rate = this x the starting model's training learning rate",
+    )
+    freeze_encoder: bool = Field(False, description="train only decoder and heads")
+    freeze_stages: int = Field(
+        1, ge=0, description="freeze the first N encoder stages (low-level filters transfer)"
+    )
+    transfer: TransferName = Field(
+        "all",
+        description="what the starting model passes on: all, encoder, or encoder+decoder "
+        "(encoder and the 2 deepest of 5 decoder blocks); the rest starts fresh",
+    )
+    freeze_transferred: bool = Field(
+        False, description="freeze the transferred part (for all: all but the heads)"
+    )
+    replay: tuple[str, ...] = Field(
+        (),
+        description="earlier labelled tile sets mixed in so the model does not forget "
+        "(the labels of batches the starting model learnt from are replayed automatically)",
+    )
+    replay_ratio: float = Field(
+        1.0, ge=0, description="replayed tiles per new tile (at most; 0 disables replay)"
+    )
+    val_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="held-out slice (spatial blocks) for early stopping"
+    )
+    patience: int = Field(6, ge=1, description="stop after this many epochs without gain")
+    iou_loss_weight: float = Field(0.5, ge=0.0, description="weight of the IoU-head loss")
+    augment: bool = Field(True, description="flips, 90° rotations, brightness/contrast, scale")
+    seed: int = Field(0, description="random seed (runs are deterministic on CPU)")
+    device: DeviceName = Field("auto", description="auto picks cuda when available")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget")
+    repair: bool = Field(False, description="repair invalid corrected polygons instead of refusing")
+
+
+SplitName = Literal["blocks", "band"]
+
+
+class SimulateConfig(_Config):
+    """How ``rscrisis simulate`` replays the annotation loop against an oracle."""
+
+    formulas: tuple[str, ...] = Field(
+        ("random", "entropy", "iou", "entropy-iou", "entropy-iou+coreset"),
+        description="formulas to compare; FORMULA+coreset or FORMULA+cluster adds diversity",
+    )
+    rounds: int = Field(3, ge=1, description="annotation rounds after the seed batch")
+    batch: int = Field(8, ge=1, description="tiles revealed per round (K)")
+    seed_batch: int = Field(
+        8, ge=1, description="random tiles revealed first, identical for every formula"
+    )
+    seeds: tuple[int, ...] = Field((0, 1, 2), description="repetitions (seed batch, training)")
+    test_fraction: float = Field(
+        0.3, gt=0, lt=1, description="share of tiles held out for testing, in spatial blocks"
+    )
+    split: SplitName = Field(
+        "blocks",
+        description="blocks: random square blocks of tiles are the test area; band: the "
+        "southernmost band is (wastes less: one row of buffer tiles)",
+    )
+    block_tiles: int = Field(2, ge=1, description="side of the spatial test blocks, in tiles")
+    split_seed: int = Field(0, description="seed of the pool/test split (the same for all runs)")
+    spatial: bool = Field(True, description="rank's rule keeping a batch's tiles apart")
+    finetune: FinetuneConfig = Field(
+        default_factory=lambda: FinetuneConfig(epochs=10, val_fraction=0.0, patience=100),
+        description="fine-tuning each round: from the starting model on every tile revealed so "
+        "far (no early-stopping slice: the budget is all training data)",
+    )
+    mc_samples: int = Field(0, ge=0, description="MC-dropout samples at prediction (for bald)")
+
+    @model_validator(mode="after")
+    def _known_formulas(self) -> SimulateConfig:
+        from typing import get_args
+
+        known = set(get_args(FormulaName))
+        for f in self.formulas:
+            name, _, div = f.partition("+")
+            if name not in known or div not in ("", "coreset", "cluster"):
+                raise ValueError(
+                    f"unknown formula {f!r}: use one of {', '.join(sorted(known))}, optionally "
+                    "+coreset or +cluster"
+                )
+        if len(set(self.formulas)) != len(self.formulas):
+            raise ValueError("a formula is listed twice")
+        return self

@@ -191,20 +191,40 @@ def spatial_split(
     return np.array(train, int), np.array(sorted(val_set), int), np.array(dropped, int)
 
 
+def normalise(
+    image: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray
+) -> np.ndarray:
+    """Model input from raw pixels: (x - mean) / std per band, invalid pixels set to 0.
+
+    The one definition shared by training, tile prediction and scene prediction, so a model
+    always sees its inputs scaled the way it was trained. ``mean``/``std`` are (bands, 1, 1).
+    """
+    x = (image.astype(np.float32) - mean) / std
+    x[..., ~valid] = 0.0
+    return x
+
+
 def augmentation(seed: int):
-    """Augmentations for overhead imagery (no 'up' in nadir views): applied on [0, 1] floats."""
+    """Augmentations for overhead imagery (no 'up' in nadir views): applied on [0, 1] floats.
+
+    ``D4`` draws one of the 8 flips/rotations uniformly. The pipeline shares one random stream
+    across its transforms: albumentations' ``Compose(seed=...)`` gives every transform its own
+    generator with the *same* seed, which makes their decisions identical (horizontal and
+    vertical flips always together, so mirrored views were never seen).
+    """
+    import random
+
     import albumentations as A
 
-    return A.Compose(
+    pipeline = A.Compose(
         [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomRotate90(p=0.5),
+            A.D4(p=1.0),
             A.Affine(scale=(0.8, 1.25), rotate=0, p=0.3, fill=0, fill_mask=MASK_IGNORE),
             A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
-        ],
-        seed=seed,
+        ]
     )
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    return pipeline
 
 
 class TileDataset:
@@ -256,8 +276,7 @@ class TileDataset:
             img = out["image"].transpose(2, 0, 1) * self.scale
             mask = out["mask"]
         valid_out = mask != MASK_IGNORE
-        img = (img - self.mean) / self.std
-        img[:, ~valid_out] = 0.0
+        img = normalise(img, valid_out, self.mean, self.std)
         return (
             torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(mask)),

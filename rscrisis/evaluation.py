@@ -83,7 +83,7 @@ def evaluate(
     rows = []
     t0 = time.perf_counter()
     i = 0
-    for batch in run_model(model, loader, device, amp):
+    for batch in run_model(model, loader, device, amp, tta=config.tta):
         for b in range(len(batch.pred_iou)):
             truth = batch.mask[b]
             pred = batch.prob[b] > meta.threshold

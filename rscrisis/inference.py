@@ -14,7 +14,8 @@ entropy in bits), ``mean_margin`` (mean |2p - 1|), ``soft_iou`` (training-free e
 E[intersection] / E[union] of the thresholded mask under the model's own probabilities),
 ``building_fraction`` (predicted), ``valid_fraction``; with ``mc_samples`` > 0 also ``bald``
 (mutual information between prediction and weights, by MC dropout) and ``mc_agreement`` (mean
-pairwise IoU between the thresholded samples).
+pairwise IoU between the thresholded samples); with ``tta`` the probabilities average the 8
+flips/rotations and ``tta_agreement`` / ``tta_spread`` measure how much those views disagree.
 
 Memory is constant in the number of tiles: tiles stream through in batches, probabilities are
 written as they come, embeddings go to a memory-mapped ``.npy``.
@@ -39,7 +40,9 @@ from rscrisis.errors import InputError
 from rscrisis.model import BuildingSegmenter, ModelMeta, check_bands, load_model, prob_stats
 from rscrisis.outputs import atomic_path, guard_output_dir, write_json_atomic
 from rscrisis.progress import Progress, no_progress
+from rscrisis.raster_io import one_band_profile
 from rscrisis.training import autocast_dtype, resolve_device
+from rscrisis.tta import D4, IDENTITY, forward_views
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +83,21 @@ def run_model(
     device: torch.device,
     amp: torch.dtype | None,
     mc_samples: int = 0,
+    tta: bool = False,
 ) -> Iterator[BatchOutput]:
-    """Batched inference yielding probabilities and per-tile statistics."""
+    """Batched inference yielding probabilities and per-tile statistics.
+
+    With ``tta`` the probabilities are the mean of the 8 flips/rotations (rscrisis.tta) and two
+    statistics are added: ``tta_agreement`` (mean IoU of each view's mask with the merged mask)
+    and ``tta_spread`` (mean per-pixel standard deviation of the views' probabilities).
+    """
     threshold = model.threshold
+    views = D4 if tta else IDENTITY
     for x, mask, valid in loader:
         x, valid = x.to(device), valid.to(device)
         model.eval()
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits, iou, emb = model(x, valid.unsqueeze(1))
-        prob = torch.sigmoid(logits.float()).squeeze(1)
+        out = forward_views(model, x, valid, amp, views)
+        prob, iou, emb = out.prob, out.iou, out.embedding
         stats4 = prob_stats(prob.unsqueeze(1), valid.unsqueeze(1), threshold)
         stats = {
             "mean_entropy": stats4[:, 1],
@@ -97,6 +106,9 @@ def run_model(
             "building_fraction": stats4[:, 3],
             "valid_fraction": valid.flatten(1).float().mean(1),
         }
+        if out.agreement is not None:
+            stats["tta_agreement"] = out.agreement
+            stats["tta_spread"] = _masked_mean(out.spread, valid)
         if mc_samples:
             model.enable_mc_dropout()
             samples = []
@@ -172,23 +184,7 @@ def prepare(
 
 def _write_prob(path: Path, prob: np.ndarray, valid: np.ndarray, like: str) -> None:
     with rasterio.open(like) as ds:
-        profile = {
-            "driver": "GTiff",
-            "width": ds.width,
-            "height": ds.height,
-            "count": 1,
-            "dtype": "uint8",
-            "crs": ds.crs,
-            "transform": ds.transform,
-            "nodata": PROB_NODATA,
-            "compress": "deflate",
-            "tiled": ds.width % 16 == 0,
-            "blockxsize": min(256, ds.width),
-            "blockysize": min(256, ds.height),
-        }
-    if not profile["tiled"]:
-        profile.pop("blockxsize")
-        profile.pop("blockysize")
+        profile = one_band_profile(ds, PROB_NODATA)
     data = np.where(valid, np.round(prob * PROB_SCALE), PROB_NODATA).astype(np.uint8)
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data, 1)
@@ -251,7 +247,7 @@ def predict_tiles(
     t0 = time.perf_counter()
     i = 0
     try:
-        for batch in run_model(model, loader, device, amp, config.mc_samples):
+        for batch in run_model(model, loader, device, amp, config.mc_samples, config.tta):
             for b in range(len(batch.pred_iou)):
                 rec = frame.iloc[i]
                 _write_prob(
@@ -264,7 +260,7 @@ def predict_tiles(
                 row = {
                     "tile_id": rec.tile_id,
                     "scene": rec.scene,
-                    "tileset": rec.root,
+                    "tileset": str(Path(rec.root).resolve()),
                     "prob": f"{PROBS}/{rec.tile_id}.tif",
                     "pred_iou": float(batch.pred_iou[b]),
                 }

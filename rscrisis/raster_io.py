@@ -109,6 +109,8 @@ def open_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
 
 def crs_units_per_metre(crs: CRS, lon: float, lat: float) -> tuple[float, float]:
     """CRS units per metre along x and y at a point (degrees for geographic CRSs)."""
+    if not isinstance(crs, CRS):  # a pyproj CRS, e.g. from a GeoDataFrame
+        crs = CRS.from_user_input(crs)
     if crs.is_geographic:
         import pyproj
 
@@ -318,3 +320,22 @@ def _valid_pixels(ds, bands: Sequence[int], window: Window, block: np.ndarray) -
             invalid &= np.isnan(band) if (nd is not None and np.isnan(nd)) else band == nd
         return ~invalid
     return np.any(ds.read_masks(list(bands), window=window) > 0, axis=0)
+
+
+def one_band_profile(ds, nodata: float, dtype: str = "uint8") -> dict:
+    """GeoTIFF profile of a one-band product on ``ds``'s grid (deflate, 256 px blocks when the
+    raster is wide enough): predicted probabilities and rasterised masks of a tile."""
+    profile = {
+        "driver": "GTiff",
+        "width": ds.width,
+        "height": ds.height,
+        "count": 1,
+        "dtype": dtype,
+        "crs": ds.crs,
+        "transform": ds.transform,
+        "nodata": nodata,
+        "compress": "deflate",
+    }
+    if ds.width % 16 == 0 and ds.height % 16 == 0:
+        profile.update(tiled=True, blockxsize=min(256, ds.width), blockysize=min(256, ds.height))
+    return profile

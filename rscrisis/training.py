@@ -25,6 +25,7 @@ from rscrisis import __version__
 from rscrisis.config import TrainConfig
 from rscrisis.data import TileDataset, augmentation, band_statistics, load_tiles, spatial_split
 from rscrisis.errors import InputError, OutputExistsError
+from rscrisis.losses import LossOptions, segmentation_loss
 from rscrisis.metrics import Confusion, calibration
 from rscrisis.model import (
     BuildingSegmenter,
@@ -67,19 +68,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def masked_bce_dice(logits: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice over valid pixels only (mask: 1/0/255, valid: bool)."""
-    logits = logits.squeeze(1).float()
-    target = (mask == 1).float()
-    w = valid.float()
-    n = w.sum().clamp_min(1.0)
-    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / n
-    prob = torch.sigmoid(logits) * w
-    inter = (prob * target).sum()
-    dice = 1 - (2 * inter + 1.0) / (prob.sum() + (target * w).sum() + 1.0)
-    return bce + dice
 
 
 def batch_tile_iou(pred: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -140,9 +128,37 @@ def sidecar(model_path: Path, suffix: str) -> Path:
     return model_path.with_name(model_path.name.removesuffix(".safetensors") + suffix)
 
 
+TRANSFERRED_DECODER_BLOCKS = 2
+
+
+def transferred_parts(model: BuildingSegmenter, transfer: str) -> list[torch.nn.Module]:
+    """The modules an ``--init`` model passes on under ``transfer`` (see TrainConfig)."""
+    if transfer == "all":
+        return [model]
+    parts: list[torch.nn.Module] = [model.unet.encoder]
+    if transfer == "encoder+decoder":
+        decoder = model.unet.decoder
+        parts += [decoder.center, *decoder.blocks[:TRANSFERRED_DECODER_BLOCKS]]
+    return parts
+
+
+def _transfer(source: BuildingSegmenter, meta: ModelMeta, transfer: str) -> BuildingSegmenter:
+    """A freshly initialised model (seeded) that takes only the transferred parts of ``source``."""
+    fresh = build_model(meta)
+    for src, dst in zip(
+        transferred_parts(source, transfer), transferred_parts(fresh, transfer), strict=True
+    ):
+        dst.load_state_dict(src.state_dict())
+    return fresh
+
+
 def _freeze(model: BuildingSegmenter, config: TrainConfig) -> list[torch.nn.Module]:
     frozen: list[torch.nn.Module] = []
-    if config.freeze_encoder:
+    if config.freeze_transferred:
+        frozen = transferred_parts(model, config.transfer)
+        if config.transfer == "all":  # everything but the heads
+            frozen = [model.unet.encoder, model.unet.decoder]
+    elif config.freeze_encoder:
         frozen = [model.unet.encoder]
     elif config.freeze_stages:
         stages = model.encoder_stages()
@@ -268,6 +284,8 @@ def train(
     )
     if init is None:
         model = build_model(meta)
+    elif config.transfer != "all":
+        model = _transfer(model, meta, config.transfer)
     model.threshold = config.threshold
     model.to(device)
     frozen = _freeze(model, config)
@@ -295,6 +313,9 @@ def train(
         torch.utils.data.DataLoader(dataset(val_idx, False), batch_size=config.batch_size)
         if len(val_idx)
         else None
+    )
+    loss_options = LossOptions(
+        config.loss, config.label_smoothing, config.confidence_weighting, config.edge_ignore
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -347,7 +368,7 @@ def train(
             x, mask, valid = x.to(device), mask.to(device), valid.to(device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits, iou_pred, _ = model(x, valid.unsqueeze(1))
-            seg_loss = masked_bce_dice(logits, mask, valid)
+            seg_loss = segmentation_loss(logits, mask, valid, loss_options, step / total_steps)
             with torch.no_grad():
                 pred = torch.sigmoid(logits.detach().float()).squeeze(1) > config.threshold
                 iou_true = batch_tile_iou(pred, mask, valid)

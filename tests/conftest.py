@@ -129,3 +129,14 @@ def tiny_model(tiny_tiles, tmp_path_factory) -> Path:
         config=TrainConfig(epochs=2, batch_size=4, val_fraction=0.25, block_tiles=1, threads=1),
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_pred(tiny_model, tiny_tiles, tmp_path_factory) -> Path:
+    """A prediction set of ``tiny_model`` on ``tiny_tiles``."""
+    from rscrisis.config import PredictConfig
+    from rscrisis.inference import predict_tiles
+
+    out = tmp_path_factory.mktemp("pred") / "pred"
+    predict_tiles(tiny_model, [tiny_tiles], out, config=PredictConfig(batch_size=8, threads=1))
+    return out

@@ -111,3 +111,24 @@ def test_train_and_predict_on_real_chips(banepa, tmp_path):
         assert p.crs.to_epsg() == 4326 and p.transform == t.transform
     prob, valid = read_prob(tmp_path / "p" / "probs" / f"{tid}.tif")
     assert valid.all() and prob.shape == (256, 256)
+
+
+def test_predict_a_raw_chip_with_sidecar_georeferencing(banepa, tiny_model, tmp_path):
+    """A 512 px JPEG chip whose georeferencing lives only in .aux.xml, in EPSG:4326 at 0.13 m:
+    resampled to the model's 0.3 m, mapped in EPSG:4326 over the chip's footprint."""
+    from rscrisis.config import SceneConfig
+    from rscrisis.raster_io import inspect_scene
+    from rscrisis.scene_predict import predict_scene
+
+    chip = sorted((banepa / "raw" / "predict").glob("*.tif"))[0]
+    result = predict_scene(tiny_model, chip, tmp_path / "map", config=SceneConfig(window=64))
+    info = inspect_scene(chip)
+    with rasterio.open(tmp_path / "map" / "probability.tif") as ds:
+        assert ds.crs.to_epsg() == 4326
+        chip_bounds = rasterio.transform.array_bounds(info.height, info.width, info.transform)
+        assert ds.bounds.left == pytest.approx(chip_bounds[0], abs=1e-12)
+        assert ds.bounds.top == pytest.approx(chip_bounds[3], abs=1e-12)
+        assert ds.overviews(1) or min(ds.width, ds.height) <= 512
+    assert result.width < info.width  # 0.13 m -> 0.3 m
+    manifest = json.loads((tmp_path / "map" / "predict.json").read_text())
+    assert manifest["resampled"] and manifest["gsd_m"][0] == pytest.approx(0.3)

@@ -3,7 +3,7 @@ import pytest
 import shapely
 import torch
 
-from rscrisis.data import TileDataset, band_statistics, load_tiles, spatial_split
+from rscrisis.data import TileDataset, augmentation, band_statistics, load_tiles, spatial_split
 from rscrisis.errors import InputError
 from rscrisis.tiling import tile
 from tests.conftest import gradient, write_raster
@@ -52,3 +52,27 @@ def test_tile_set_without_masks_cannot_train(tmp_path):
     tile([src], tmp_path / "t")
     with pytest.raises(InputError, match="has no masks"):
         load_tiles([tmp_path / "t"], need_masks=True)
+
+
+def test_augmentation_draws_all_eight_views_independently_and_reproducibly():
+    """Mirrored views must occur (a seeded Compose once tied both flips to one coin)."""
+    image = np.zeros((8, 8, 3), np.float32)
+    image[0, 1] = 1.0
+    mask = np.zeros((8, 8), np.uint8)
+    mask[0, 1] = 1
+
+    def positions(seed: int) -> list[tuple[int, int]]:
+        aug = augmentation(seed)
+        seen = []
+        for _ in range(400):
+            out = aug(image=image, mask=mask)
+            hit = np.argwhere(out["mask"] == 1)
+            seen.append(tuple(int(v) for v in hit[0]) if len(hit) else (-1, -1))
+        return seen
+
+    seen = positions(0)
+    d4_views = {(0, 1), (0, 6), (7, 1), (7, 6), (1, 0), (6, 0), (1, 7), (6, 7)}
+    counts = {p: seen.count(p) for p in d4_views}
+    assert all(n >= 25 for n in counts.values()), counts  # about 50 each (scale moves a few)
+    assert positions(0) == seen
+    assert positions(1) != seen

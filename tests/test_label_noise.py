@@ -50,3 +50,33 @@ def test_seeded_and_needs_metres():
     assert a.geometry.geom_equals_exact(b.geometry, 0).all()
     with pytest.raises(InputError, match="projected CRS"):
         apply_label_noise(clean.to_crs(4326), LabelNoise())
+
+
+def test_noise_command_on_geographic_labels(invoke, tmp_path):
+    """Knobs in metres work on EPSG:4326 input (noised in UTM), output keeps the input CRS."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from tests.conftest import write_vector
+
+    deg = 1 / 111_000
+    squares = [
+        box(85.5 + i * 20 * deg, 27.6, 85.5 + (i * 20 + 10) * deg, 27.6 + 10 * deg)
+        for i in range(40)
+    ]
+    src = write_vector(tmp_path / "b.geojson", squares, "EPSG:4326", driver="GeoJSON")
+    out = tmp_path / "noisy.gpkg"
+    r = invoke("noise", src, "--out", out, "--drop", "0.5", "--false-blobs", "0", "--json")
+    assert r.exit_code == 0, r.stderr
+    noisy = gpd.read_file(out)
+    assert noisy.crs.to_epsg() == 4326
+    assert 10 <= len(noisy) <= 30  # about half dropped
+    shift = (
+        noisy.to_crs(32645).centroid.x.mean()
+        - gpd.GeoSeries(squares, crs=4326).to_crs(32645).centroid.x.mean()
+    )
+    assert abs(shift) < 20  # metres, not degrees: the shift did not blow up
+    again = invoke("noise", src, "--out", out)
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    bad = invoke("noise", src, "--out", tmp_path / "x.gpkg", "--drop", "1.5")
+    assert bad.exit_code == 2

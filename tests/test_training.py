@@ -9,7 +9,7 @@ import torch
 from rscrisis.config import TrainConfig
 from rscrisis.errors import InputError, OutputExistsError
 from rscrisis.model import load_model, read_meta
-from rscrisis.training import batch_tile_iou, masked_bce_dice, train
+from rscrisis.training import batch_tile_iou, train
 
 pytestmark = pytest.mark.slow
 TINY = {"epochs": 2, "batch_size": 4, "val_fraction": 0.25, "block_tiles": 1, "threads": 1}
@@ -24,16 +24,6 @@ def test_batch_tile_iou_conventions():
     valid[2] = False
     iou = batch_tile_iou(pred, mask, valid)
     assert iou[0] == 1.0 and iou[1] == pytest.approx(0.5) and torch.isnan(iou[2])
-
-
-def test_loss_ignores_invalid_pixels():
-    logits = torch.zeros(1, 1, 2, 2)
-    mask = torch.tensor([[[1, 0], [255, 255]]], dtype=torch.uint8)
-    valid = mask != 255
-    a = masked_bce_dice(logits, mask, valid)
-    logits2 = logits.clone()
-    logits2[0, 0, 1, :] = 50.0  # only ignored pixels change
-    assert masked_bce_dice(logits2, mask, valid) == pytest.approx(float(a))
 
 
 def test_trained_model_files_and_metadata(tiny_model, tiny_tiles):
@@ -113,6 +103,31 @@ def test_init_with_frozen_encoder_keeps_encoder(tiny_model, tiny_tiles, tmp_path
     assert ameta.mean == bmeta.mean  # normalisation is inherited
     assert len(ameta.history) == len(bmeta.history) + 1
     assert ameta.training["init"] == str(tiny_model)
+
+
+@pytest.mark.parametrize("transfer", ["encoder", "encoder+decoder"])
+def test_transfer_keeps_only_the_transferred_part(tiny_model, tiny_tiles, tmp_path, transfer):
+    """--transfer encoder(+decoder) --freeze-transferred: transferred weights arrive unchanged
+    and stay so; everything else starts fresh (it no longer equals the starting model)."""
+    from rscrisis.training import transferred_parts
+
+    out = tmp_path / "t.safetensors"
+    cfg = {**TINY, "epochs": 1, "transfer": transfer, "freeze_transferred": True}
+    train([tiny_tiles], out, init=tiny_model, config=TrainConfig(**cfg))
+    before, _ = load_model(tiny_model)
+    after, _ = load_model(out)
+    for src, dst in zip(
+        transferred_parts(before, transfer), transferred_parts(after, transfer), strict=True
+    ):
+        for (k, x), y in zip(src.state_dict().items(), dst.state_dict().values(), strict=True):
+            if "num_batches_tracked" not in k:
+                assert torch.equal(x, y), k
+    head_before = before.unet.segmentation_head.state_dict()
+    head_after = after.unet.segmentation_head.state_dict()
+    assert any(not torch.equal(head_before[k], head_after[k]) for k in head_before)
+    last_block = before.unet.decoder.blocks[-1].state_dict()
+    fresh_block = after.unet.decoder.blocks[-1].state_dict()
+    assert any(not torch.equal(last_block[k], fresh_block[k]) for k in last_block)
 
 
 def test_schedule_warms_up_decays_and_replans():

@@ -14,6 +14,7 @@ from rscrisis.cli.options import (
     Overwrite,
     Quiet,
     Threads,
+    Tta,
     Verbose,
     default,
     describe,
@@ -36,6 +37,7 @@ def evaluate_command(
     ),
     device: DeviceOpt = default(P, "device"),
     threads: Threads = None,
+    tta: Tta = default(P, "tta"),
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
     verbose: Verbose = 0,
@@ -48,7 +50,7 @@ def evaluate_command(
     from rscrisis.evaluation import evaluate
 
     level = verbosity(ctx, verbose, quiet)
-    config = resolve(PredictConfig, batch_size=batch_size, device=device, threads=threads)
+    config = resolve(PredictConfig, batch_size=batch_size, device=device, threads=threads, tta=tta)
     with progress_bar("evaluating", enabled=level >= 0) as progress:
         result = evaluate(
             model, tilesets, out=out, config=config, overwrite=overwrite, progress=progress

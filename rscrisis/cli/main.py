@@ -96,14 +96,30 @@ def main(
 
 
 def _register() -> None:
-    from rscrisis.cli import evaluate, models, predict, sample_data, tile, train
+    from rscrisis.cli import (
+        evaluate,
+        finetune,
+        models,
+        noise,
+        predict,
+        rank,
+        sample_data,
+        simulate,
+        tile,
+        train,
+    )
 
     app.command("tile", no_args_is_help=True)(tile.tile_command)
     app.command("train", no_args_is_help=True)(train.train_command)
+    app.command("pretrain", no_args_is_help=True)(train.pretrain_command)
     app.command("predict", no_args_is_help=True)(predict.predict_command)
+    app.command("rank", no_args_is_help=True)(rank.rank_command)
+    app.command("finetune", no_args_is_help=True)(finetune.finetune_command)
     app.command("evaluate", no_args_is_help=True)(evaluate.evaluate_command)
     app.command("info", no_args_is_help=True)(models.info_command)
     app.command("models")(models.models_command)
+    app.command("simulate", no_args_is_help=True)(simulate.simulate_command)
+    app.command("noise", no_args_is_help=True)(noise.noise_command)
     app.command("sample-data")(sample_data.sample_data_command)
 
 

@@ -17,12 +17,16 @@ from rscrisis.cli.options import (
     Threads,
     TileSets,
     Verbose,
+    choice_enum,
     default,
     describe,
+    with_config_defaults,
 )
-from rscrisis.config import TrainConfig
+from rscrisis.config import LossName, PretrainConfig, TrainConfig, TransferName
 
 T = TrainConfig
+LossChoice = choice_enum("LossChoice", LossName)
+TransferChoice = choice_enum("TransferChoice", TransferName)
 
 
 def train_command(
@@ -71,10 +75,26 @@ def train_command(
     freeze_stages: Annotated[int, typer.Option(help=describe(T, "freeze_stages"))] = default(
         T, "freeze_stages"
     ),
+    transfer: Annotated[TransferChoice, typer.Option(help=describe(T, "transfer"))] = default(
+        T, "transfer"
+    ),
+    freeze_transferred: Annotated[
+        bool, typer.Option("--freeze-transferred", help=describe(T, "freeze_transferred"))
+    ] = default(T, "freeze_transferred"),
     max_tiles: Annotated[int | None, typer.Option(help=describe(T, "max_tiles"))] = None,
     max_minutes: Annotated[float | None, typer.Option(help=describe(T, "max_minutes"))] = None,
     precision: Annotated[str, typer.Option(help=describe(T, "precision"))] = default(
         T, "precision"
+    ),
+    loss: Annotated[LossChoice, typer.Option(help=describe(T, "loss"))] = default(T, "loss"),
+    label_smoothing: Annotated[float, typer.Option(help=describe(T, "label_smoothing"))] = default(
+        T, "label_smoothing"
+    ),
+    confidence_weighting: Annotated[
+        float, typer.Option(help=describe(T, "confidence_weighting"))
+    ] = default(T, "confidence_weighting"),
+    edge_ignore: Annotated[int, typer.Option(help=describe(T, "edge_ignore"))] = default(
+        T, "edge_ignore"
     ),
     device: DeviceOpt = default(T, "device"),
     threads: Threads = None,
@@ -110,9 +130,15 @@ def train_command(
         augment=augment,
         freeze_encoder=freeze_encoder,
         freeze_stages=freeze_stages,
+        transfer=getattr(transfer, "value", transfer),
+        freeze_transferred=freeze_transferred,
         max_tiles=max_tiles,
         max_minutes=max_minutes,
         precision=precision,
+        loss=getattr(loss, "value", loss),
+        label_smoothing=label_smoothing,
+        confidence_weighting=confidence_weighting,
+        edge_ignore=edge_ignore,
         device=device,
         threads=threads,
         seed=seed,
@@ -136,3 +162,17 @@ def train_command(
         f"{result.images_per_s:.1f} images/s on {result.device}",
         level,
     )
+
+
+pretrain_command = with_config_defaults(
+    train_command,
+    PretrainConfig,
+    """Pretrain on noisy labels (e.g. OSM footprints), with noise-robust defaults.
+
+    The same training as rscrisis train, but by default: symmetric cross-entropy (bounded
+    reverse term), label smoothing 0.1, confidence weighting 0.8 (pixels where the model
+    confidently disagrees with the label count less, ramped in over training) and a 2 px ignore
+    band around label outlines (OSM outlines are offset). Fine-tune the result with
+    rscrisis finetune, or train --init.
+    """,
+)

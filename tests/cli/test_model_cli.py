@@ -64,13 +64,6 @@ def test_bad_model_file_exits_2(invoke, tiny_tiles, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
-def test_predict_on_a_raster_file_says_what_to_do(invoke, tiny_model, tmp_path):
-    scene = tmp_path / "scene.tif"
-    scene.write_bytes(b"x")
-    r = invoke("predict", tiny_model, scene, "-o", tmp_path / "p")
-    assert r.exit_code == 2 and "rscrisis tile" in r.stderr
-
-
 def test_models_lists_encoders(invoke):
     r = invoke("models", "--json")
     assert r.exit_code == 0

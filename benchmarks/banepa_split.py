@@ -1,0 +1,56 @@
+"""The spatial split shared by the active-learning and noisy-pretraining benchmarks.
+
+The Banepa training mosaic is cut, north to south, into three bands separated by one-tile
+gaps: a *pretraining* area (its OSM footprints, made noisier with ``rscrisis noise``, are the
+only labels the starting model sees), and the *oracle* area (OSM footprints as truth), which
+``rscrisis simulate`` splits again into pool and test. No label of the oracle area is seen
+before the oracle reveals it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BANEPA = HERE.parent.parent / "shared" / "data" / "banepa"
+
+
+@dataclass
+class Split:
+    pretrain: Path  # noisy labels
+    oracle: Path  # clean (OSM) labels: pool + test
+    pretrain_tiles: int
+    oracle_tiles: int
+
+
+def make_split(
+    work: Path, resolution: float, size: int, pretrain_fraction: float = 0.45, seed: int = 0
+) -> Split:
+    from rscrisis.config import TileConfig
+    from rscrisis.label_noise import LabelNoise, write_noisy_labels
+    from rscrisis.tileset import read_index, write_subset
+    from rscrisis.tiling import tile
+
+    scene = BANEPA / "train" / "scene.tif"
+    osm = BANEPA / "train" / "buildings_osm.geojson"
+    noisy = work / "osm_noisier.gpkg"
+    if not noisy.exists():
+        write_noisy_labels(osm, noisy, LabelNoise(seed=seed), overwrite=True)
+    cfg = TileConfig(size=size, resolution=resolution, min_valid=0.5)
+    if not (work / "clean" / "index.gpkg").exists():
+        tile([scene], work / "clean", labels=[osm], config=cfg, overwrite=True)
+    if not (work / "noisy" / "index.gpkg").exists():
+        tile([scene], work / "noisy", labels=[noisy], config=cfg, overwrite=True)
+    index = read_index(work / "clean")
+    b = index.geometry.bounds
+    tile_h = float((b.maxy - b.miny).median())
+    top, bottom = float(b.maxy.max()), float(b.miny.min())
+    cut = top - pretrain_fraction * (top - bottom)
+    pre_ids = index.tile_id[b.miny >= cut]
+    oracle_ids = index.tile_id[b.maxy <= cut - tile_h]  # one tile of gap
+    if not (work / "pretrain" / "index.gpkg").exists():
+        write_subset(work / "noisy", work / "pretrain", pre_ids, overwrite=True)
+    if not (work / "oracle" / "index.gpkg").exists():
+        write_subset(work / "clean", work / "oracle", oracle_ids, overwrite=True)
+    return Split(work / "pretrain", work / "oracle", len(pre_ids), len(oracle_ids))

@@ -1,0 +1,354 @@
+"""Benchmark whole-scene ``rscrisis predict`` against the bare model and a TorchGeo baseline.
+
+Run on demand (not a test); the TorchGeo baseline needs ``pip install -e ".[bench]"``:
+
+    .venv/bin/python benchmarks/bench_predict.py --size 8192
+    .venv/bin/python benchmarks/bench_predict.py --size 20000 --only rscrisis   # memory check
+
+Scenes: a generated SIZE x SIZE RGB scene (bench_tile's generator, 0.3 m UTM) and, when
+../shared/data/banepa is there, the Banepa predict scene (2048 x 2048, EPSG:4326). Every
+measurement runs in a fresh process whose peak RSS is reported:
+
+* ``forward``: the bare model forward pass on random windows, same window, overlap and batch:
+  the ceiling for end-to-end throughput (scene pixels / time of the windows' forward passes);
+* ``rscrisis``: :func:`rscrisis.scene_predict.predict_scene` end to end (read, normalise, infer,
+  blend, write COGs, polygons), in the precision / memory-format variants asked for;
+* ``torchgeo``: the straightforward baseline: ``RasterDataset`` + ``GridGeoSampler`` +
+  ``DataLoader`` with the same model, windows blended into full-scene arrays in memory (what
+  TorchGeo inference code usually does), written as a GeoTIFF at the end.
+
+The model is an untrained resnet18 U-Net (speed does not depend on weights) unless --model is
+given. Prints a table and saves it as CSV and JSON under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BANEPA = HERE.parent.parent / "shared" / "data" / "banepa"
+sys.path.insert(0, str(HERE))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_model(path: Path, scene: Path, encoder: str, tile: int) -> Path:
+    """An untrained model whose metadata fits ``scene`` (no resampling, its own statistics)."""
+    from rscrisis.model import ModelMeta, build_model, save_model
+    from rscrisis.raster_io import inspect_scene
+
+    info = inspect_scene(scene)
+    meta = ModelMeta(
+        encoder=encoder,
+        in_channels=info.band_count,
+        mean=[110.0] * info.band_count,
+        std=[40.0] * info.band_count,
+        tile_size=tile,
+        bands=list(info.bands),
+        dtype=info.dtype,
+        gsd_m=float(np.mean(info.gsd_m)),
+    )
+    save_model(build_model(meta), meta, path)
+    return path
+
+
+# ---- child processes: one measurement each ---------------------------------------------------
+
+
+def child_forward(args) -> dict:
+    import torch
+
+    from rscrisis.config import SceneConfig
+    from rscrisis.model import load_model
+    from rscrisis.scene_predict import prepare_scene
+    from rscrisis.training import autocast_dtype
+
+    cfg = SceneConfig(window=args.window, overlap=args.overlap, batch_size=args.batch_size)
+    prep = prepare_scene(args.model, args.scene, cfg)
+    model, meta = load_model(args.model, "cpu")
+    model.eval()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = autocast_dtype(torch.device("cpu"), args.precision)
+    x = torch.randn(args.batch_size, meta.in_channels, args.window, args.window)
+    valid = torch.ones(args.batch_size, 1, args.window, args.window, dtype=torch.bool)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    n_batches = max(3, min(args.forward_batches, -(-len(prep.plan) // args.batch_size)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        model(x, valid)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(n_batches):
+            model(x, valid)
+        dt = time.perf_counter() - t0
+    windows_per_s = n_batches * args.batch_size / dt
+    scene_seconds = len(prep.plan) / windows_per_s
+    mpx = prep.grid.width * prep.grid.height / 1e6
+    return {
+        "seconds": round(scene_seconds, 2),
+        "mpx_per_s": round(mpx / scene_seconds, 3),
+        "windows_per_s": round(windows_per_s, 2),
+    }
+
+
+def child_rscrisis(args) -> dict:
+    from rscrisis.config import SceneConfig
+    from rscrisis.scene_predict import predict_scene
+
+    cfg = SceneConfig(
+        window=args.window,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        channels_last=args.channels_last,
+    )
+    t0 = time.perf_counter()
+    res = predict_scene(args.model, args.scene, args.out, config=cfg, overwrite=True)
+    dt = time.perf_counter() - t0
+    return {
+        "seconds": round(dt, 2),
+        "mpx_per_s": round(res.width * res.height / 1e6 / dt, 3),
+        "windows_per_s": round(res.windows / dt, 2),
+        "buildings": res.buildings,
+    }
+
+
+def child_torchgeo(args) -> dict:
+    import rasterio
+    import torch
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets import RasterDataset, stack_samples
+    from torchgeo.samplers import GridGeoSampler
+
+    from rscrisis.model import load_model
+
+    scene = Path(args.scene)
+
+    class Scene(RasterDataset):
+        filename_glob = scene.name
+        is_image = True
+
+    model, meta = load_model(args.model, "cpu")
+    model.eval()
+    mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
+    std = torch.tensor(meta.std).view(1, -1, 1, 1)
+    t0 = time.perf_counter()
+    ds = Scene(paths=str(scene.parent), bands=None)
+    sampler = GridGeoSampler(ds, size=args.window, stride=args.window - args.overlap)
+    loader = DataLoader(ds, sampler=sampler, batch_size=args.batch_size, collate_fn=stack_samples)
+    with rasterio.open(scene) as src:
+        profile, height, width, inv = src.profile, src.height, src.width, ~src.transform
+    total = np.zeros((height, width), np.float32)
+    count = np.zeros((height, width), np.float32)
+    n = 0
+    with torch.no_grad():
+        for batch in loader:
+            x = (batch["image"][:, : meta.in_channels].float() - mean) / std
+            prob = torch.sigmoid(model(x)[0]).squeeze(1).numpy()
+            for p, bounds in zip(prob, batch["bounds"], strict=True):
+                minx, maxy = _bounds_origin(bounds)
+                c, r = (round(v) for v in inv * (minx, maxy))
+                h, w = min(p.shape[0], height - r), min(p.shape[1], width - c)
+                total[r : r + h, c : c + w] += p[:h, :w]
+                count[r : r + h, c : c + w] += 1
+            n += len(prob)
+    out = np.where(count > 0, total / np.maximum(count, 1), 0)
+    profile.update(count=1, dtype="uint8", nodata=255, compress="deflate", tiled=True)
+    with rasterio.open(Path(args.out) / "torchgeo.tif", "w", **profile) as dst:
+        dst.write(np.round(out * 254).astype(np.uint8), 1)
+    dt = time.perf_counter() - t0
+    return {
+        "seconds": round(dt, 2),
+        "mpx_per_s": round(width * height / 1e6 / dt, 3),
+        "windows_per_s": round(n / dt, 2),
+    }
+
+
+def _bounds_origin(bounds) -> tuple[float, float]:
+    """(minx, maxy) of a TorchGeo sample's bounds, across TorchGeo versions."""
+    if hasattr(bounds, "minx"):
+        return bounds.minx, bounds.maxy
+    if isinstance(bounds, tuple) and len(bounds) and isinstance(bounds[0], slice):
+        return bounds[0].start, bounds[1].stop  # 0.8: (x slice, y slice, t slice)
+    arr = np.asarray(bounds, dtype=float).ravel()
+    return float(arr[0]), float(arr[3])
+
+
+def _agreement(out: Path, reference: Path) -> dict:
+    """How far a variant's map is from the fp32 map: mask IoU and mean |delta p|."""
+    import rasterio
+
+    if out == reference or not (reference / "mask.tif").exists():
+        return {}
+    inter = union = 0
+    diff = n = 0.0
+    with (
+        rasterio.open(out / "mask.tif") as a,
+        rasterio.open(reference / "mask.tif") as b,
+        rasterio.open(out / "probability.tif") as pa,
+        rasterio.open(reference / "probability.tif") as pb,
+    ):
+        for _, win in a.block_windows(1):
+            ma, mb = a.read(1, window=win) == 1, b.read(1, window=win) == 1
+            inter += int((ma & mb).sum())
+            union += int((ma | mb).sum())
+            va, vb = pa.read(1, window=win), pb.read(1, window=win)
+            ok = (va != 255) & (vb != 255)
+            diff += float(np.abs(va[ok].astype(float) - vb[ok]).sum()) / 254
+            n += ok.sum()
+    return {
+        "mask_iou_vs_fp32": round(inter / union, 4) if union else 1.0,
+        "mean_abs_dp_vs_fp32": round(diff / max(n, 1), 5),
+    }
+
+
+CHILDREN = {"forward": child_forward, "rscrisis": child_rscrisis, "torchgeo": child_torchgeo}
+
+
+def run_child(kind: str, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind]
+    for k, v in kw.items():
+        if isinstance(v, bool):
+            if v:
+                cmd.append(f"--{k.replace('_', '-')}")
+        else:
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=8192, help="generated scene side (px)")
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: untrained)")
+    parser.add_argument(
+        "--variants",
+        default="fp32,bf16,channels-last,bf16+channels-last",
+        help="rscrisis precision / memory-format variants to run",
+    )
+    parser.add_argument(
+        "--only", choices=["all", "rscrisis"], default="all", help="skip forward and torchgeo"
+    )
+    parser.add_argument("--no-banepa", action="store_true")
+    parser.add_argument("--forward-batches", type=int, default=30)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    # child-process arguments
+    parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("--scene", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        result = CHILDREN[args.child](args)
+        result["peak_rss_mb"] = round(_peak_rss_mb())
+        print(json.dumps(result))
+        return
+
+    from bench_tile import make_scene
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    work.mkdir(parents=True, exist_ok=True)
+    scenes = []
+    big = work / f"generated_{args.size}.tif"
+    if not big.exists():
+        t0 = time.perf_counter()
+        make_scene(big, args.size)
+        print(f"generated {big.name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    scenes.append((f"generated {args.size}x{args.size}", big))
+    banepa = BANEPA / "predict" / "scene.tif"
+    if banepa.exists() and not args.no_banepa:
+        scenes.append(("Banepa predict 2048x2048", banepa))
+    variants = [v for v in args.variants.split(",") if v]
+    rows = []
+    common = {
+        "window": args.window,
+        "overlap": args.overlap,
+        "batch_size": args.batch_size,
+    }
+    for label, scene in scenes:
+        model = args.model or make_model(
+            work / f"model-{scene.stem}.safetensors", scene, args.encoder, args.window
+        )
+        runs: list[tuple[str, str, dict]] = []
+        if args.only == "all":
+            runs.append(("bare forward fp32", "forward", {"precision": "fp32"}))
+            if "bf16" in args.variants:
+                runs.append(("bare forward bf16", "forward", {"precision": "bf16"}))
+        for v in variants:
+            runs.append(
+                (
+                    f"rscrisis {v}",
+                    "rscrisis",
+                    {
+                        "precision": "bf16" if "bf16" in v else "fp32",
+                        "channels_last": "channels-last" in v,
+                    },
+                )
+            )
+        if args.only == "all":
+            runs.append(("torchgeo GridGeoSampler", "torchgeo", {"precision": "fp32"}))
+        for name, kind, extra in runs:
+            out = work / f"out-{scene.stem}-{name.replace(' ', '_')}"
+            out.mkdir(exist_ok=True)
+            res = run_child(kind, scene=scene, out=out, model=model, **common, **extra)
+            if kind == "rscrisis" and "error" not in res:
+                res.update(_agreement(out, work / f"out-{scene.stem}-rscrisis_fp32"))
+            row = {"scene": label, "run": name, **res, "cpu_threads": os.cpu_count()}
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+        fwd = {
+            r["run"].split()[-1]: r for r in rows if r["scene"] == label and "forward" in r["run"]
+        }
+        for r in rows:
+            if r["scene"] == label and r["run"].startswith("rscrisis") and "mpx_per_s" in r:
+                ref = fwd.get("bf16" if "bf16" in r["run"] else "fp32")
+                if ref and "mpx_per_s" in ref:
+                    r["of_bare_forward"] = round(r["mpx_per_s"] / ref["mpx_per_s"], 3)
+    keys = [
+        "scene",
+        "run",
+        "seconds",
+        "mpx_per_s",
+        "windows_per_s",
+        "of_bare_forward",
+        "peak_rss_mb",
+        "buildings",
+        "error",
+    ]
+    keys = [k for k in keys if any(k in r for r in rows)]
+    print(" | ".join(keys))
+    for r in rows:
+        print(" | ".join(str(r.get(k, "")) for k in keys))
+    args.results.mkdir(parents=True, exist_ok=True)
+    name = f"bench_predict_{args.size}"
+    with open(args.results / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    (args.results / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""``rscrisis finetune``: model + corrected annotation batches -> new model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rscrisis.cli.options import (
+    DeviceOpt,
+    JsonOutput,
+    ModelPath,
+    Overwrite,
+    Quiet,
+    Seed,
+    Threads,
+    Verbose,
+    choice_enum,
+    default,
+    describe,
+)
+from rscrisis.config import FinetuneConfig, TransferName
+
+F = FinetuneConfig
+TransferChoice = choice_enum("TransferChoice", TransferName)
+
+
+def finetune_command(
+    ctx: typer.Context,
+    model: ModelPath,
+    batches: Annotated[list[Path], typer.Argument(help="Corrected batch folders (rscrisis rank).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New model file (.safetensors).")],
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="One vector file with the corrected buildings of all done tasks, used instead "
+            "of the per-task files (e.g. a JOSM layer saved as GeoJSON)."
+        ),
+    ] = None,
+    repair: Annotated[bool, typer.Option("--repair", help=describe(F, "repair"))] = default(
+        F, "repair"
+    ),
+    epochs: Annotated[int, typer.Option(help=describe(F, "epochs"))] = default(F, "epochs"),
+    batch_size: Annotated[int, typer.Option(help=describe(F, "batch_size"))] = default(
+        F, "batch_size"
+    ),
+    lr_scale: Annotated[float, typer.Option(help=describe(F, "lr_scale"))] = default(F, "lr_scale"),
+    freeze_encoder: Annotated[
+        bool, typer.Option("--freeze-encoder", help=describe(F, "freeze_encoder"))
+    ] = default(F, "freeze_encoder"),
+    freeze_stages: Annotated[int, typer.Option(help=describe(F, "freeze_stages"))] = default(
+        F, "freeze_stages"
+    ),
+    transfer: Annotated[TransferChoice, typer.Option(help=describe(F, "transfer"))] = default(
+        F, "transfer"
+    ),
+    freeze_transferred: Annotated[
+        bool, typer.Option("--freeze-transferred", help=describe(F, "freeze_transferred"))
+    ] = default(F, "freeze_transferred"),
+    replay: Annotated[
+        list[Path] | None, typer.Option(help=describe(F, "replay") + " Repeat for several.")
+    ] = None,
+    replay_ratio: Annotated[float, typer.Option(help=describe(F, "replay_ratio"))] = default(
+        F, "replay_ratio"
+    ),
+    val_fraction: Annotated[float, typer.Option(help=describe(F, "val_fraction"))] = default(
+        F, "val_fraction"
+    ),
+    patience: Annotated[int, typer.Option(help=describe(F, "patience"))] = default(F, "patience"),
+    max_minutes: Annotated[float | None, typer.Option(help=describe(F, "max_minutes"))] = None,
+    device: DeviceOpt = default(F, "device"),
+    threads: Threads = None,
+    seed: Seed = default(F, "seed"),
+    overwrite: Overwrite = False,
+    json_output: JsonOutput = False,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Read the corrected labels of the done tasks of one or more batches (checked: CRS,
+    valid polygons, inside the task; a malformed batch changes nothing), write them to
+    BATCH/labels/ as a tile set, and fine-tune MODEL on them with replay of earlier labels.
+    The new model records the batches and tiles it learnt from."""
+    from rscrisis.cli.console import print_json, progress_bar, say, verbosity
+    from rscrisis.config import resolve
+    from rscrisis.finetune import finetune
+
+    level = verbosity(ctx, verbose, quiet)
+    config = resolve(
+        FinetuneConfig,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr_scale=lr_scale,
+        freeze_encoder=freeze_encoder,
+        freeze_stages=freeze_stages,
+        transfer=getattr(transfer, "value", transfer),
+        freeze_transferred=freeze_transferred,
+        replay=tuple(str(r) for r in replay or ()),
+        replay_ratio=replay_ratio,
+        val_fraction=val_fraction,
+        patience=patience,
+        max_minutes=max_minutes,
+        device=device,
+        threads=threads,
+        seed=seed,
+        repair=repair,
+    )
+    with progress_bar("fine-tuning", enabled=level >= 0) as progress:
+        result = finetune(
+            model,
+            batches,
+            out,
+            config=config,
+            labels_file=labels,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    if json_output:
+        print_json(result.to_dict())
+    refused = sum(len(b["refused"]) for b in result.batches)
+    best = result.train.get("best", {})
+    say(
+        f"model {out}: learnt from {result.new_tiles} corrected tiles (+{result.replay_tiles} "
+        f"replayed; {refused} task(s) not done), val IoU {best.get('val_iou', float('nan')):.3f}",
+        level,
+    )
