@@ -164,6 +164,11 @@ class TrainConfig(_Config):
     freeze_transferred: bool = Field(
         False, description="with --init: freeze the transferred part (for all: all but heads)"
     )
+    freeze_norm: bool = Field(
+        False,
+        description="keep batch-norm statistics fixed (fine-tuning on few tiles: small "
+        "batches give noisy statistics)",
+    )
     loss: LossName = _loss_field("bce-dice")
     label_smoothing: float = _smoothing_field(0.0)
     confidence_weighting: float = _weighting_field(0.0)
@@ -319,6 +324,11 @@ class FinetuneConfig(_Config):
     )
     freeze_transferred: bool = Field(
         False, description="freeze the transferred part (for all: all but the heads)"
+    )
+    freeze_norm: bool = Field(
+        True,
+        description="keep the starting model's batch-norm statistics (a few tiles give "
+        "noisy ones)",
     )
     replay: tuple[str, ...] = Field(
         (),

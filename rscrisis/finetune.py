@@ -89,6 +89,7 @@ def finetune_train_config(meta, config: FinetuneConfig) -> TrainConfig:
         freeze_stages=config.freeze_stages,
         transfer=config.transfer,
         freeze_transferred=config.freeze_transferred,
+        freeze_norm=config.freeze_norm and config.transfer == "all",
         threads=config.threads,
         max_minutes=config.max_minutes,
     )

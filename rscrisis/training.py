@@ -362,6 +362,10 @@ def train(
         model.train()
         for m in frozen:
             m.eval()
+        if config.freeze_norm:  # keep the starting model's normalisation statistics
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         t0 = time.perf_counter()
         losses = []
         for x, mask, valid in train_loader:
