@@ -141,16 +141,25 @@ def child_torchgeo(args) -> dict:
         filename_glob = scene.name
         is_image = True
 
+    from rscrisis.config import SceneConfig
+    from rscrisis.scene_predict import prepare_scene
+
     model, meta = load_model(args.model, "cpu")
     model.eval()
     mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
     std = torch.tensor(meta.std).view(1, -1, 1, 1)
+    # the same grid as rscrisis (the model's resolution), so both process the same pixels
+    grid = prepare_scene(args.model, scene, SceneConfig(window=args.window)).grid
+    res = (grid.transform.a, -grid.transform.e)
     t0 = time.perf_counter()
-    ds = Scene(paths=str(scene.parent), bands=None)
+    ds = Scene(paths=str(scene.parent), res=res)
     sampler = GridGeoSampler(ds, size=args.window, stride=args.window - args.overlap)
     loader = DataLoader(ds, sampler=sampler, batch_size=args.batch_size, collate_fn=stack_samples)
+    width, height = grid.width, grid.height
+    inv = ~grid.transform
     with rasterio.open(scene) as src:
-        profile, height, width, inv = src.profile, src.height, src.width, ~src.transform
+        profile = src.profile
+    profile.update(width=width, height=height, transform=grid.transform, crs=grid.crs)
     total = np.zeros((height, width), np.float32)
     count = np.zeros((height, width), np.float32)
     n = 0

@@ -275,9 +275,9 @@ class RankConfig(_Config):
     formula: FormulaName = Field("entropy-iou", description="priority formula (see rank --help)")
     top: int = Field(20, ge=1, description="tiles in the batch")
     diversity: DiversityName = Field(
-        "none",
-        description="none; coreset: greedy k-center on embeddings; cluster: k-means, best per "
-        "cluster (both among the top pool-factor x K by priority)",
+        "coreset",
+        description="coreset: greedy k-center on embeddings; cluster: k-means, best per "
+        "cluster (both among the top pool-factor x K by priority); none: the top K",
     )
     pool_factor: int = Field(
         5, ge=1, description="diversity chooses among the top pool-factor x K tiles"

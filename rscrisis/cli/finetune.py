@@ -58,6 +58,9 @@ def finetune_command(
     freeze_transferred: Annotated[
         bool, typer.Option("--freeze-transferred", help=describe(F, "freeze_transferred"))
     ] = default(F, "freeze_transferred"),
+    freeze_norm: Annotated[
+        bool, typer.Option("--freeze-norm/--train-norm", help=describe(F, "freeze_norm"))
+    ] = default(F, "freeze_norm"),
     replay: Annotated[
         list[Path] | None, typer.Option(help=describe(F, "replay") + " Repeat for several.")
     ] = None,
@@ -95,6 +98,7 @@ def finetune_command(
         freeze_stages=freeze_stages,
         transfer=getattr(transfer, "value", transfer),
         freeze_transferred=freeze_transferred,
+        freeze_norm=freeze_norm,
         replay=tuple(str(r) for r in replay or ()),
         replay_ratio=replay_ratio,
         val_fraction=val_fraction,

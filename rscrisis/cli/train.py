@@ -81,6 +81,9 @@ def train_command(
     freeze_transferred: Annotated[
         bool, typer.Option("--freeze-transferred", help=describe(T, "freeze_transferred"))
     ] = default(T, "freeze_transferred"),
+    freeze_norm: Annotated[
+        bool, typer.Option("--freeze-norm", help=describe(T, "freeze_norm"))
+    ] = default(T, "freeze_norm"),
     max_tiles: Annotated[int | None, typer.Option(help=describe(T, "max_tiles"))] = None,
     max_minutes: Annotated[float | None, typer.Option(help=describe(T, "max_minutes"))] = None,
     precision: Annotated[str, typer.Option(help=describe(T, "precision"))] = default(
@@ -132,6 +135,7 @@ def train_command(
         freeze_stages=freeze_stages,
         transfer=getattr(transfer, "value", transfer),
         freeze_transferred=freeze_transferred,
+        freeze_norm=freeze_norm,
         max_tiles=max_tiles,
         max_minutes=max_minutes,
         precision=precision,
