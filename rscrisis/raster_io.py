@@ -31,6 +31,11 @@ from rscrisis.errors import BandError, NotGeoreferencedError, RasterReadError
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
 
+#: GDAL block cache for streaming reads and writes (tile, scene predict): GDAL's default is 5 %
+#: of RAM, which a long write fills with blocks; this keeps RSS bounded whatever the scene size.
+GDAL_CACHE_MB = 256
+
+
 @dataclass(frozen=True)
 class SceneInfo:
     """What a scene is, checked once before any output is written."""

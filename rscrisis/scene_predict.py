@@ -39,6 +39,7 @@ from rscrisis.errors import BandError, InputError
 from rscrisis.outputs import atomic_path, guard_output_dir, partial_path, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 from rscrisis.raster_io import (
+    GDAL_CACHE_MB,
     Grid,
     SceneInfo,
     expand_raster_inputs,
@@ -289,6 +290,12 @@ class _SceneWriter:
             if not ds.closed:
                 ds.close()
 
+    def cleanup(self) -> None:
+        """Close and delete the intermediates, whatever happened."""
+        self.close()
+        for tmp in (self.tmp_prob, self.tmp_mask):
+            tmp.unlink(missing_ok=True)
+
 
 def _to_cog(src: Path, dst: Path, resampling: str, float16: bool) -> None:
     """Cloud-Optimized GeoTIFF from a finished intermediate (GDAL builds the overviews)."""
@@ -309,6 +316,69 @@ def _to_cog(src: Path, dst: Path, resampling: str, float16: bool) -> None:
         copy(str(src), str(tmp), **options)
 
 
+def _infer(model, batch: _Batch, device, amp, views, channels_last: bool):
+    """Probabilities (n_keep, s, s) and per-window statistics of one batch's valid windows."""
+    import torch
+
+    from rscrisis.model import prob_stats
+    from rscrisis.tta import forward_views
+
+    if not batch.keep.any():
+        return np.zeros((0,), np.float32), {}
+    x = torch.from_numpy(batch.x).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    valid = torch.from_numpy(batch.valid[batch.keep]).to(device)
+    res = forward_views(model, x, valid, amp, views)
+    s4 = prob_stats(res.prob.unsqueeze(1), valid.unsqueeze(1), model.threshold)
+    stats = {
+        "pred_iou": res.iou,
+        "soft_iou": s4[:, 2],
+        "mean_entropy": s4[:, 1],
+        "building_fraction": s4[:, 3],
+        "valid_fraction": valid.flatten(1).float().mean(1),
+    }
+    if res.agreement is not None:
+        w = valid.flatten(1).float()
+        stats["tta_agreement"] = res.agreement
+        stats["tta_spread"] = (res.spread.flatten(1) * w).sum(1) / w.sum(1).clamp_min(1)
+    return res.prob.float().cpu().numpy(), {k: v.float().cpu().numpy() for k, v in stats.items()}
+
+
+def _write_products(writer: _SceneWriter, prep: _Prepared, out: Path, config: SceneConfig):
+    """COGs from the finished intermediates, then the buildings and windows layers."""
+    import geopandas as gpd
+
+    from rscrisis.polygons import buildings_frame
+
+    float16 = config.prob_format == "float16"
+    _to_cog(writer.tmp_prob, out / PROBABILITY, "AVERAGE", float16)
+    _to_cog(writer.tmp_mask, out / MASK, "NEAREST", False)
+    buildings = buildings_frame(
+        writer.polygons.finish(),
+        prep.grid.crs,
+        prep.grid.transform,
+        prep.grid.gsd_m,
+        min_area=config.min_area,
+        simplify=config.simplify,
+        regularize_outlines=config.regularize,
+    )
+    with atomic_path(out / BUILDINGS) as tmp:
+        buildings.to_file(tmp, layer="buildings", driver="GPKG", engine="pyogrio")
+    if config.geojson:
+        with atomic_path(out / BUILDINGS_JSON) as tmp:
+            buildings.to_file(tmp, driver="GeoJSON", engine="pyogrio")
+    windows = gpd.GeoDataFrame(
+        writer.rows or None,
+        columns=None if writer.rows else ["window", "geometry"],
+        geometry="geometry",
+        crs=prep.grid.crs,
+    )
+    with atomic_path(out / WINDOWS) as tmp:
+        windows.to_file(tmp, layer="windows", driver="GPKG", engine="pyogrio")
+    return buildings, windows
+
+
 def predict_scene(
     model_path: str | Path,
     scene: str | Path,
@@ -319,14 +389,13 @@ def predict_scene(
     progress: Progress = no_progress,
 ) -> SceneResult:
     """Predict a whole scene into COGs, building polygons and a per-window quality layer."""
-    import geopandas as gpd
+    import rasterio
     import torch
 
-    from rscrisis.model import load_model, prob_stats
+    from rscrisis.model import load_model
     from rscrisis.pipeline import BackgroundConsumer, Prefetcher
-    from rscrisis.polygons import buildings_frame
-    from rscrisis.training import autocast_dtype, resolve_device
-    from rscrisis.tta import D4, IDENTITY, forward_views
+    from rscrisis.training import inference_dtype, resolve_device
+    from rscrisis.tta import D4, IDENTITY
 
     config = config or SceneConfig()
     out = Path(out)
@@ -340,7 +409,7 @@ def predict_scene(
     model.eval()
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    amp = autocast_dtype(device, config.precision)
+    amp = inference_dtype(device, config.precision)
     views = D4 if config.tta else IDENTITY
     mean = np.asarray(meta.mean, np.float32)[:, None, None]
     std = np.asarray(meta.std, np.float32)[:, None, None]
@@ -349,74 +418,27 @@ def predict_scene(
     t0 = time.perf_counter()
     model_s = 0.0
     done = skipped = 0
-    writer = _SceneWriter(prep, out, config, model.threshold)
-    consumer = BackgroundConsumer(writer.handle, depth=2)
-    try:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        writer = _SceneWriter(prep, out, config, model.threshold)
         try:
-            for batch in Prefetcher(
-                _read_batches(prep, config.batch_size, mean, std), depth=config.prefetch
-            ):
-                probs = np.zeros((0,), np.float32)
-                stats: dict[str, np.ndarray] = {}
-                if batch.keep.any():
+            consumer = BackgroundConsumer(writer.handle, depth=2)
+            try:
+                for batch in Prefetcher(
+                    _read_batches(prep, config.batch_size, mean, std), depth=config.prefetch
+                ):
                     t_model = time.perf_counter()
-                    x = torch.from_numpy(batch.x).to(device)
-                    if config.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    valid = torch.from_numpy(batch.valid[batch.keep]).to(device)
-                    res = forward_views(model, x, valid, amp, views)
-                    s4 = prob_stats(res.prob.unsqueeze(1), valid.unsqueeze(1), model.threshold)
-                    stat_t = {
-                        "pred_iou": res.iou,
-                        "soft_iou": s4[:, 2],
-                        "mean_entropy": s4[:, 1],
-                        "building_fraction": s4[:, 3],
-                        "valid_fraction": valid.flatten(1).float().mean(1),
-                    }
-                    if res.agreement is not None:
-                        w = valid.flatten(1).float()
-                        spread = (res.spread.flatten(1) * w).sum(1) / w.sum(1).clamp_min(1)
-                        stat_t["tta_agreement"] = res.agreement
-                        stat_t["tta_spread"] = spread
-                    probs = res.prob.float().cpu().numpy()
-                    stats = {k: v.float().cpu().numpy() for k, v in stat_t.items()}
+                    probs, stats = _infer(model, batch, device, amp, views, config.channels_last)
                     model_s += time.perf_counter() - t_model
-                consumer.put((batch, probs, stats))
-                done += len(batch.specs)
-                skipped += int((~batch.keep).sum())
-                progress(done, total)
+                    consumer.put((batch, probs, stats))
+                    done += len(batch.specs)
+                    skipped += int((~batch.keep).sum())
+                    progress(done, total)
+            finally:
+                consumer.close()
+            writer.finish()
+            buildings, windows = _write_products(writer, prep, out, config)
         finally:
-            consumer.close()
-        writer.finish()
-        float16 = config.prob_format == "float16"
-        _to_cog(writer.tmp_prob, out / PROBABILITY, "AVERAGE", float16)
-        _to_cog(writer.tmp_mask, out / MASK, "NEAREST", False)
-        buildings = buildings_frame(
-            writer.polygons.finish(),
-            prep.grid.crs,
-            prep.grid.transform,
-            prep.grid.gsd_m,
-            min_area=config.min_area,
-            simplify=config.simplify,
-            regularize_outlines=config.regularize,
-        )
-        with atomic_path(out / BUILDINGS) as tmp:
-            buildings.to_file(tmp, layer="buildings", driver="GPKG", engine="pyogrio")
-        if config.geojson:
-            with atomic_path(out / BUILDINGS_JSON) as tmp:
-                buildings.to_file(tmp, driver="GeoJSON", engine="pyogrio")
-        windows = gpd.GeoDataFrame(
-            writer.rows or None,
-            columns=None if writer.rows else ["window", "geometry"],
-            geometry="geometry",
-            crs=prep.grid.crs,
-        )
-        with atomic_path(out / WINDOWS) as tmp:
-            windows.to_file(tmp, layer="windows", driver="GPKG", engine="pyogrio")
-    finally:
-        writer.close()
-        for tmp in (writer.tmp_prob, writer.tmp_mask):
-            tmp.unlink(missing_ok=True)
+            writer.cleanup()
     seconds = time.perf_counter() - t0
     mpx = prep.grid.width * prep.grid.height / 1e6
     result = SceneResult(

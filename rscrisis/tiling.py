@@ -46,6 +46,7 @@ from rscrisis.outputs import (
 )
 from rscrisis.progress import Progress, no_progress
 from rscrisis.raster_io import (
+    GDAL_CACHE_MB,
     Grid,
     SceneInfo,
     expand_raster_inputs,
@@ -71,8 +72,6 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 64 * 2**20
 #: Upper bound on the bytes of tiles queued for the writer threads.
 QUEUE_BYTES = 128 * 2**20
-#: GDAL block cache for tiling; keeps RSS bounded whatever the scene size.
-GDAL_CACHE_MB = 256
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,22 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return None
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: CPUs where bf16 matrix kernels beat fp32 (private torch probes,
+    guarded: an older torch simply reports no support)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def inference_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """Autocast for whole-scene inference: like :func:`autocast_dtype`, but ``auto`` also
+    picks bf16 on CPUs with native bf16 (measured about 2x faster end to end with a mask IoU
+    of 0.999 against fp32; README, scene benchmark)."""
+    if precision == "auto" and device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return autocast_dtype(device, precision)
+
+
 def seed_everything(seed: int) -> None:
     import random
 

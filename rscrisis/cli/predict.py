@@ -97,7 +97,11 @@ def predict_command(
     ] = default(S, "precision"),
     channels_last: Annotated[
         bool,
-        typer.Option("--channels-last", help=describe(S, "channels_last"), rich_help_panel=SCENE),
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help=describe(S, "channels_last"),
+            rich_help_panel=SCENE,
+        ),
     ] = default(S, "channels_last"),
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
