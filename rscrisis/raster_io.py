@@ -32,8 +32,10 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
 
 #: GDAL block cache for streaming reads and writes (tile, scene predict): GDAL's default is 5 %
-#: of RAM, which a long write fills with blocks; this keeps RSS bounded whatever the scene size.
-GDAL_CACHE_MB = 256
+#: of RAM, which a long run fills with blocks; this keeps RSS bounded whatever the scene size.
+#: In bytes: rasterio passes an int through, and GDAL took a bare 256 as 256 *bytes* (every
+#: warped read then decompressed its source blocks again: 8x slower reads).
+GDAL_CACHE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -286,17 +288,16 @@ def read_padded(
     inside = (rr0, cc0, rr1, cc1) == (r0, c0, r0 + h, c0 + w)
     try:
         if inside:  # the common case: no padding, no extra copy
-            data = ds.read(list(bands), window=window)
-            return data, _valid_pixels(ds, bands, window, data)
+            return _read_valid(ds, bands, window)
         data = np.full((len(bands), h, w), fill, dtype=ds.dtypes[bands[0] - 1])
         valid = np.zeros((h, w), dtype=bool)
         if rr1 <= rr0 or cc1 <= cc0:
             return data, valid
         inner = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
         sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
-        block = ds.read(list(bands), window=inner)
+        block, block_valid = _read_valid(ds, bands, inner)
         data[:, sl[0], sl[1]] = block
-        valid[sl] = _valid_pixels(ds, bands, inner, block)
+        valid[sl] = block_valid
     except RasterioIOError as exc:
         raise RasterReadError(
             f"read failed in window {inner} ({str(exc).splitlines()[0]})",
@@ -304,6 +305,26 @@ def read_padded(
             hint="the file may be truncated or corrupt; check it with gdalinfo -checksum",
         ) from exc
     return data, valid
+
+
+def _alpha_band(ds, bands: Sequence[int]) -> int | None:
+    """The alpha band masking ``bands`` (e.g. the one a WarpedVRT adds), if any."""
+    flags = ds.mask_flag_enums[bands[0] - 1]
+    if MaskFlags.alpha not in flags:
+        return None
+    interp = list(ds.colorinterp)
+    return interp.index(ColorInterp.alpha) + 1 if ColorInterp.alpha in interp else None
+
+
+def _read_valid(ds, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """(data, valid) of a window inside the raster. An alpha band is read in the same call as
+    the data: through a WarpedVRT, a separate mask read would warp the window a second time."""
+    alpha = _alpha_band(ds, bands)
+    if alpha is not None:
+        both = ds.read([*bands, alpha], window=window)
+        return both[:-1], both[-1] > 0
+    data = ds.read(list(bands), window=window)
+    return data, _valid_pixels(ds, bands, window, data)
 
 
 def _valid_pixels(ds, bands: Sequence[int], window: Window, block: np.ndarray) -> np.ndarray:

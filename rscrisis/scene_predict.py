@@ -39,7 +39,7 @@ from rscrisis.errors import BandError, InputError
 from rscrisis.outputs import atomic_path, guard_output_dir, partial_path, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 from rscrisis.raster_io import (
-    GDAL_CACHE_MB,
+    GDAL_CACHE_BYTES,
     Grid,
     SceneInfo,
     expand_raster_inputs,
@@ -418,7 +418,7 @@ def predict_scene(
     t0 = time.perf_counter()
     model_s = 0.0
     done = skipped = 0
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         writer = _SceneWriter(prep, out, config, model.threshold)
         try:
             consumer = BackgroundConsumer(writer.handle, depth=2)

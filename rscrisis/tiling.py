@@ -46,7 +46,7 @@ from rscrisis.outputs import (
 )
 from rscrisis.progress import Progress, no_progress
 from rscrisis.raster_io import (
-    GDAL_CACHE_MB,
+    GDAL_CACHE_BYTES,
     Grid,
     SceneInfo,
     expand_raster_inputs,
@@ -584,7 +584,7 @@ def tile(
     total = sum(p.n_tiles for p in plans)
     done = 0
     try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
             for plan in plans:
                 done = _tile_scene(
                     plan, layout, label_set, config, resume, result, records, progress, done, total
