@@ -32,10 +32,11 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
 
 #: GDAL block cache for streaming reads and writes (tile, scene predict): GDAL's default is 5 %
-#: of RAM, which a long run fills with blocks; this keeps RSS bounded whatever the scene size.
+#: of RAM, which a long run fills with blocks; 64 MB holds the block rows one strip needs, and
+#: keeps RSS bounded whatever the scene size.
 #: In bytes: rasterio passes an int through, and GDAL took a bare 256 as 256 *bytes* (every
 #: warped read then decompressed its source blocks again: 8x slower reads).
-GDAL_CACHE_BYTES = 256 * 2**20
+GDAL_CACHE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,9 @@ class _SceneWriter:
             "tiled": True,
             "blockxsize": BLOCK,
             "blockysize": BLOCK,
-            "compress": "deflate",
+            # a temporary file: the cheapest compression that keeps big scenes off the disk
+            "compress": "zstd",
+            "zstd_level": 1,
             "BIGTIFF": "IF_SAFER",
         }
         float16 = config.prob_format == "float16"
