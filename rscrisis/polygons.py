@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
+import shapely.affinity
 from affine import Affine
 from shapely.geometry import Polygon, shape
 
@@ -51,7 +52,9 @@ class PolygonCollector:
         at_top = set(np.unique(labels[0])) if first_row > 0 else set()
         last = first_row + len(mask) >= self.height
         at_bottom = set(np.unique(labels[-1])) if not last else set()
-        transform = self.transform @ Affine.translation(0, first_row)
+        # polygonise in scene *pixel* coordinates: integer vertices, so pieces from two strips
+        # share their border exactly (map coordinates would differ in the last bits)
+        transform = Affine.translation(0, first_row)
         for geom, value in shapes(
             labels.astype(np.int32), mask=labels > 0, connectivity=4, transform=transform
         ):
@@ -60,8 +63,15 @@ class PolygonCollector:
             (self.open if k in at_top or k in at_bottom else self.closed).append(piece)
 
     def finish(self) -> list[_Piece]:
-        """All buildings: closed pieces plus the open ones merged along shared borders."""
-        return self.closed + merge_pieces(self.open)
+        """All buildings in map coordinates: closed pieces plus the open ones merged along
+        shared borders."""
+        t = self.transform
+        matrix = [t.a, t.b, t.d, t.e, t.c, t.f]
+        pieces = self.closed + merge_pieces(self.open)
+        return [
+            _Piece(shapely.affinity.affine_transform(p.geom, matrix), p.pixels, p.prob_sum)
+            for p in pieces
+        ]
 
 
 def merge_pieces(pieces: list[_Piece]) -> list[_Piece]:

@@ -61,7 +61,10 @@ MANIFEST = "predict.json"
 PRODUCTS = (PROBABILITY, MASK, BUILDINGS, BUILDINGS_JSON, WINDOWS, MANIFEST)
 PROB_SCALE = 254
 NODATA_U8 = 255
-BLOCK = 512
+#: rows per written strip = intermediate GeoTIFF block side: memory per strip scales with it
+BLOCK = 256
+#: block side of the final COGs
+COG_BLOCK = 512
 RESOLUTION_TOLERANCE = 0.10
 
 
@@ -305,7 +308,7 @@ def _to_cog(src: Path, dst: Path, resampling: str, float16: bool) -> None:
 
     options = {
         "driver": "COG",
-        "BLOCKSIZE": BLOCK,
+        "BLOCKSIZE": COG_BLOCK,
         "COMPRESS": "DEFLATE",
         "PREDICTOR": "YES",
         "OVERVIEW_RESAMPLING": resampling,

@@ -85,3 +85,17 @@ def test_regularize_falls_back_on_shapes_it_cannot_square():
     out = regularize(circle, tolerance=0.2)
     assert out.is_valid
     assert abs(out.area - circle.area) <= 0.25 * circle.area
+
+
+def test_merging_is_exact_with_real_world_coordinates():
+    """UTM-sized origins and 0.3 m pixels: strip borders computed from two strips' transforms
+    differ in the last bits; pieces are merged in pixel space, so they still join."""
+    t = Affine(0.3, 0, 354_000.0, 0, -0.3, 3_057_000.0)
+    mask = np.zeros((600, 300), bool)
+    mask[490:540, 100:200] = True
+    col = PolygonCollector(t, 600)
+    for r in range(0, 600, 256):
+        col.add_strip(r, mask[r : r + 256], mask[r : r + 256].astype(float))
+    pieces = col.finish()
+    assert len(pieces) == 1 and pieces[0].pixels == 5000
+    assert pieces[0].geom.bounds == pytest.approx((354_030.0, 3_056_838.0, 354_060.0, 3_056_853.0))

@@ -33,7 +33,7 @@ def pixel_model(tiny_model, monkeypatch):
     return tiny_model, meta
 
 
-BUILDINGS = [  # (row0, row1, col0, col1): one crosses the 512-row strip seam and windows
+BUILDINGS = [  # (row0, row1, col0, col1): one crosses a strip seam (row 512) and windows
     (490, 540, 100, 200),
     (40, 60, 40, 70),
     (300, 330, 560, 600),
