@@ -170,14 +170,7 @@ def rank(
         )
     cand = scores.iloc[candidates].reset_index(drop=True)
     score, components = priority(config.formula, cand, seed=config.seed)
-    spacing = None
-    geoms = cand.geometry.values
-    if len(cand) and config.spatial:
-        from rscrisis.raster_io import crs_units_per_metre
-
-        c = geoms[0].centroid
-        ux, uy = crs_units_per_metre(cand.crs, c.x, c.y)
-        spacing = Spacing(np.asarray(geoms, dtype=object), config.spacing * max(ux, uy))
+    spacing = Spacing.from_frame(cand, config.spacing) if config.spatial else None
     chosen = select(
         score,
         cand.tile_id.to_numpy().astype(str),

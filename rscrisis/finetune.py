@@ -121,8 +121,8 @@ def finetune(
         )
     meta = read_meta(model_path)
     batches = [Path(b) for b in batches]
-    for b in batches:
-        BatchLayout(b).read_manifest()  # a clear error for a folder that is not a batch
+    # read first: a clear error for a folder that is not a batch, before anything is written
+    manifests = {b: BatchLayout(b).read_manifest() for b in batches}
     reports = ingest(batches, labels_file=labels_file, repair=config.repair)
 
     new_sets, new_ids, batch_records = [], set(), []
@@ -133,7 +133,7 @@ def finetune(
         ids = list(read_index(labels).tile_id)
         new_sets.append(labels)
         new_ids |= set(ids)
-        manifest = BatchLayout(b).read_manifest()
+        manifest = manifests[b]
         batch_records.append(
             {
                 "batch": str(b.resolve()),

@@ -85,6 +85,18 @@ class Spacing:
     geometries: np.ndarray  # shapely geometries, one per row
     gap: float  # CRS units; 0 = footprints must not touch
 
+    @classmethod
+    def from_frame(cls, frame, metres: float) -> Spacing:
+        """A rule over a GeoDataFrame's footprints, the gap given on the ground in metres."""
+        from rscrisis.raster_io import crs_units_per_metre
+
+        geoms = np.asarray(frame.geometry.values, dtype=object)
+        gap = 0.0
+        if metres > 0 and len(geoms):
+            c = geoms[0].centroid
+            gap = metres * max(crs_units_per_metre(frame.crs, c.x, c.y))
+        return cls(geoms, gap)
+
     def __post_init__(self) -> None:
         import shapely
 

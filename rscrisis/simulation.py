@@ -194,9 +194,7 @@ def _choose(
     keep = ~scores.tile_id.isin(list(exclude)).to_numpy()
     cand = scores[keep].reset_index(drop=True)
     score, _ = priority(name, cand, seed=seed * 1000 + len(exclude))
-    spacing = None
-    if config.spatial:
-        spacing = Spacing(np.asarray(cand.geometry.values, dtype=object), 0.0)
+    spacing = Spacing.from_frame(cand, 0.0) if config.spatial else None
     chosen = select(
         score,
         cand.tile_id.to_numpy().astype(str),

@@ -71,9 +71,10 @@ class StripStitcher:
         valid = self._valid[:n, :w] & (weight > 0)
         prob = np.divide(self._sum[:n, :w], weight, out=np.zeros_like(weight), where=weight > 0)
         self.emit(self._base, prob, valid)
+        keep = len(self._sum) - n  # rows still open slide to the top of the band
         for buf in (self._sum, self._weight, self._valid):
-            buf[:-n] = buf[n:].copy() if n < len(buf) else buf[:0]
-            buf[-n:] = 0
+            buf[:keep] = buf[n:]  # numpy buffers overlapping copies
+            buf[keep:] = 0
         self._base += n
 
 
