@@ -1,11 +1,16 @@
 """Building polygons from a scene mask written strip by strip, merged across strip borders.
 
 Why not polygonise each window: a building on a window border would come out as two (or four)
-pieces. Here the *stitched* mask is polygonised in block-aligned strips as it is written; a
-polygon touching an internal strip border is held back, and at the end the held polygons that
-share a border segment (not just a corner: 4-connectivity, like the raster) are unioned. Pixel
-edges coincide exactly on both sides, so the union is exact and a building straddling any number
-of strips is one polygon.
+pieces. Here the *stitched* mask is polygonised in block-aligned strips as it is written. The
+pieces touching the bottom of the latest strip are held; the next strip's pieces join them
+where pixels share an edge across the border (not just a corner: 4-connectivity, like the
+raster). Pixel edges coincide exactly on both sides, so the union is exact and a building
+straddling any number of strips is one polygon.
+
+A building is emitted as soon as no later strip can touch it, then filtered, simplified or
+squared (:class:`BuildingShaper`) and streamed to disk (:class:`BuildingLayer`). Nothing in this
+module holds more than one strip's worth of polygons, so a city of 100,000 buildings costs no
+more memory than a village.
 
 Each polygon carries its pixel count and summed probability, so ``area_m2`` and ``mean_prob``
 are exact after merging, whatever the CRS (geographic included).
@@ -14,7 +19,9 @@ are exact after merging, whatever the CRS (geographic included).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import shapely
@@ -24,94 +31,151 @@ from shapely.geometry import Polygon, shape
 
 
 @dataclass
-class _Piece:
+class Piece:
+    """One building (or the part of it seen so far) in scene *pixel* coordinates (col, row)."""
+
     geom: Polygon
     pixels: int
     prob_sum: float
 
 
-@dataclass
 class PolygonCollector:
-    """Receives mask strips top to bottom; :meth:`finish` returns merged building records."""
+    """Receives mask strips top to bottom and emits each building as soon as it is complete.
 
-    transform: Affine
-    height: int
-    closed: list[_Piece] = field(default_factory=list)
-    open: list[_Piece] = field(default_factory=list)
+    Only the pieces touching the bottom row of the latest strip are held, so memory depends on
+    the scene width, not on the number of buildings. A piece of a new strip joins the held
+    pieces whose last-row pixels sit directly above one of its first-row pixels (an edge
+    contact: 4-connectivity, like the raster; corner contacts stay apart). Polygons are in
+    pixel coordinates, so the vertices along a strip border are integers on both sides and the
+    union is exact.
+    """
+
+    def __init__(self, height: int, emit: Callable[[Piece], None]):
+        self.height = height
+        self.emit = emit
+        self._open: list[Piece] = []
+        #: per column of the previous strip's last row: index into ``_open``, -1 for none
+        self._border: np.ndarray | None = None
+        self._next_row = 0
 
     def add_strip(self, first_row: int, mask: np.ndarray, prob: np.ndarray) -> None:
-        """Polygonise ``mask`` (bool, rows ``first_row`` ...) of the scene; prob for scores."""
+        """Polygonise ``mask`` (bool, scene rows ``first_row`` ...); ``prob`` for the scores."""
         from rasterio.features import shapes
         from scipy import ndimage
 
+        if first_row != self._next_row:  # not contiguous with what came before
+            self._close_open()
+        self._next_row = first_row + len(mask)
         if not mask.any():
+            self._close_open()
             return
         labels, n = ndimage.label(mask)  # 4-connectivity, as rasterio.features.shapes
         pixels = np.bincount(labels.ravel(), minlength=n + 1)
         prob_sum = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n + 1)
-        at_top = set(np.unique(labels[0])) if first_row > 0 else set()
-        last = first_row + len(mask) >= self.height
-        at_bottom = set(np.unique(labels[-1])) if not last else set()
-        # polygonise in scene *pixel* coordinates: integer vertices, so pieces from two strips
-        # share their border exactly (map coordinates would differ in the last bits)
+        new: dict[int, Piece] = {}
         transform = Affine.translation(0, first_row)
-        for geom, value in shapes(
-            labels.astype(np.int32), mask=labels > 0, connectivity=4, transform=transform
-        ):
+        for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
             k = int(value)
-            piece = _Piece(shape(geom), int(pixels[k]), float(prob_sum[k]))
-            (self.open if k in at_top or k in at_bottom else self.closed).append(piece)
+            new[k] = Piece(shape(geom), int(pixels[k]), float(prob_sum[k]))
 
-    def finish(self) -> list[_Piece]:
-        """All buildings in map coordinates: closed pieces plus the open ones merged along
-        shared borders."""
-        t = self.transform
-        matrix = [t.a, t.b, t.d, t.e, t.c, t.f]
-        pieces = self.closed + merge_pieces(self.open)
-        return [
-            _Piece(shapely.affinity.affine_transform(p.geom, matrix), p.pixels, p.prob_sum)
-            for p in pieces
-        ]
+        held = len(self._open)
+        parent = np.arange(held + n + 1)  # nodes: held pieces, then labels 1..n at held + k
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return int(i)
+
+        if self._border is not None and held:
+            touching = (self._border >= 0) & (labels[0] > 0)
+            links = np.unique(np.stack([self._border[touching], labels[0][touching]], 1), axis=0)
+            for a, k in links:
+                parent[find(int(a))] = find(held + int(k))
+        groups: dict[int, list[int]] = {}
+        for node in [*range(held), *(held + k for k in new)]:
+            groups.setdefault(find(node), []).append(node)
+
+        at_bottom = set() if self._next_row >= self.height else set(np.unique(labels[-1]).tolist())
+        still_open: list[Piece] = []
+        label_to_open = np.full(n + 1, -1, np.int64)
+        for members in groups.values():
+            piece = _union([self._open[i] if i < held else new[i - held] for i in members])
+            open_labels = [i - held for i in members if i >= held and i - held in at_bottom]
+            if open_labels:
+                label_to_open[open_labels] = len(still_open)
+                still_open.append(piece)
+            else:
+                self.emit(piece)
+        self._open = still_open
+        self._border = label_to_open[labels[-1]] if still_open else None
+
+    def finish(self) -> None:
+        """Emit the pieces still held (they touch the bottom of the scene)."""
+        self._close_open()
+
+    def _close_open(self) -> None:
+        for piece in self._open:
+            self.emit(piece)
+        self._open, self._border = [], None
 
 
-def merge_pieces(pieces: list[_Piece]) -> list[_Piece]:
-    """Union pieces sharing a border segment (connected components of the 'shares an edge'
-    graph); corner-only contacts stay apart, as in the 4-connected raster."""
-    if not pieces:
-        return []
-    geoms = np.array([p.geom for p in pieces], dtype=object)
-    tree = shapely.STRtree(geoms)
-    left, right = tree.query(geoms, predicate="intersects")
-    parent = list(range(len(pieces)))
+def _union(pieces: list[Piece]) -> Piece:
+    if len(pieces) == 1:
+        return pieces[0]
+    geom = shapely.union_all([p.geom for p in pieces])
+    if geom.geom_type == "MultiPolygon":  # cannot happen with edge contacts; be safe
+        geom = max(geom.geoms, key=lambda g: g.area)
+    return Piece(geom, sum(p.pixels for p in pieces), sum(p.prob_sum for p in pieces))
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
-    for a, b in zip(left, right, strict=True):
-        if a < b and shapely.intersection(geoms[a], geoms[b]).length > 0:
-            parent[find(a)] = find(b)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(pieces)):
-        groups.setdefault(find(i), []).append(i)
-    merged = []
-    for members in groups.values():
-        if len(members) == 1:
-            merged.append(pieces[members[0]])
-            continue
-        geom = shapely.union_all(geoms[members])
-        if geom.geom_type == "MultiPolygon":  # numerically touching only: keep the largest
-            geom = max(geom.geoms, key=lambda g: g.area)
-        merged.append(
-            _Piece(
-                geom,
-                sum(pieces[i].pixels for i in members),
-                sum(pieces[i].prob_sum for i in members),
-            )
-        )
-    return merged
+@dataclass(frozen=True)
+class OutlineOptions:
+    """How building pieces become map polygons (tolerances in metres)."""
+
+    min_area: float = 2.0
+    simplify: float = 0.3
+    regularize: bool = False
+
+
+class BuildingShaper:
+    """Turns a pixel-space :class:`Piece` into a building record in map coordinates.
+
+    Area filter, simplification and regularisation happen per building as it is emitted, so a
+    staircase outline of hundreds of vertices is never kept. They run in a frame where one unit
+    is one pixel width along both axes (square pixels: the pixel grid itself, so nothing is
+    rounded), which is metric up to scale even when the CRS is geographic.
+    """
+
+    def __init__(self, transform: Affine, gsd_m: tuple[float, float], options: OutlineOptions):
+        gx, gy = float(gsd_m[0]), float(gsd_m[1])
+        self.options = options
+        self.px_area = gx * gy
+        self.gx = gx
+        self.aspect = gy / gx
+        to_map = transform @ Affine.scale(1.0, 1.0 / self.aspect)
+        self._to_map = [to_map.a, to_map.b, to_map.d, to_map.e, to_map.c, to_map.f]
+
+    def __call__(self, piece: Piece) -> dict | None:
+        opts = self.options
+        area = piece.pixels * self.px_area
+        if area < opts.min_area:
+            return None
+        geom = piece.geom
+        if self.aspect != 1.0:
+            geom = shapely.affinity.scale(geom, 1.0, self.aspect, origin=(0, 0))
+        if opts.regularize:
+            geom = regularize(geom, max(opts.simplify, 0.5 * self.gx) / self.gx)
+        elif opts.simplify > 0:
+            geom = geom.simplify(opts.simplify / self.gx, preserve_topology=True)
+        if geom.is_empty:
+            return None
+        return {
+            "area_m2": round(area, 2),
+            "mean_prob": round(piece.prob_sum / max(piece.pixels, 1), 4),
+            "pixels": piece.pixels,
+            "geometry": shapely.affinity.affine_transform(geom, self._to_map),
+        }
 
 
 def regularize(poly: Polygon, tolerance: float, max_area_change: float = 0.25) -> Polygon:
@@ -178,60 +242,154 @@ def regularize(poly: Polygon, tolerance: float, max_area_change: float = 0.25) -
     return out
 
 
-def buildings_frame(
-    pieces: list[_Piece],
-    crs,
+BUILDING_COLUMNS = {
+    "building_id": "int64",
+    "area_m2": "float64",
+    "mean_prob": "float64",
+    "pixels": "int64",
+}
+
+
+def records_frame(records: list[dict], crs):
+    """GeoDataFrame of building records with stable column types, even when empty."""
+    import geopandas as gpd
+    import pandas as pd
+
+    columns = {k: pd.Series([r[k] for r in records], dtype=t) for k, t in BUILDING_COLUMNS.items()}
+    return gpd.GeoDataFrame(
+        columns, geometry=gpd.GeoSeries([r["geometry"] for r in records], crs=crs), crs=crs
+    )
+
+
+class BuildingLayer:
+    """Streams building records into ``buildings.gpkg`` (and GeoJSON) in chunks.
+
+    Memory stays bounded by the chunk, whatever the number of buildings. Files are written
+    under their partial names; :meth:`commit` renames them into place, :meth:`discard` deletes
+    them. The GeoJSON is written as text, feature by feature: GDAL's GeoJSON driver would
+    reload the whole file for every appended chunk.
+    """
+
+    def __init__(self, gpkg: Path, crs, geojson: Path | None = None, chunk: int = 2048):
+        from rscrisis.outputs import partial_path
+
+        self.gpkg, self.geojson, self.crs, self.chunk = gpkg, geojson, crs, chunk
+        self.tmp_gpkg = partial_path(gpkg)
+        self.tmp_geojson = partial_path(geojson) if geojson else None
+        for tmp in (self.tmp_gpkg, self.tmp_geojson):
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        self.count = 0
+        self._buffer: list[dict] = []
+        self._json = None
+        #: a CRS without an EPSG code cannot be named in GeoJSON text: let GDAL convert at the end
+        self._convert_geojson = geojson is not None and crs is not None and crs.to_epsg() is None
+        if self.tmp_geojson is not None and not self._convert_geojson:
+            self._json = open(self.tmp_geojson, "w")  # noqa: SIM115 (closed in commit/discard)
+            self._json.write(_geojson_header(crs))
+        self._first_feature = True
+
+    def add(self, record: dict | None) -> None:
+        if record is None:
+            return
+        self.count += 1
+        self._buffer.append({"building_id": self.count, **record})
+        if len(self._buffer) >= self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyogrio
+
+        if not self._buffer and self.tmp_gpkg.exists():
+            return
+        frame = records_frame(self._buffer, self.crs)
+        pyogrio.write_dataframe(
+            frame,
+            self.tmp_gpkg,
+            layer="buildings",
+            driver="GPKG",
+            append=self.tmp_gpkg.exists(),
+        )
+        if self._json is not None:
+            for record in self._buffer:
+                self._json.write(_geojson_feature(record, first=self._first_feature))
+                self._first_feature = False
+        self._buffer = []
+
+    def commit(self) -> int:
+        """Write what is buffered and move the files into place; returns the building count."""
+        import os
+
+        self._flush()
+        os.replace(self.tmp_gpkg, self.gpkg)
+        if self._json is not None:
+            self._json.write("\n]\n}\n")
+            self._json.close()
+            os.replace(self.tmp_geojson, self.geojson)
+        if self._convert_geojson:
+            import pyogrio
+
+            frame = pyogrio.read_dataframe(self.gpkg, layer="buildings")
+            pyogrio.write_dataframe(frame, self.tmp_geojson, driver="GeoJSON")
+            os.replace(self.tmp_geojson, self.geojson)
+        return self.count
+
+    def discard(self) -> None:
+        if self._json is not None and not self._json.closed:
+            self._json.close()
+        for tmp in (self.tmp_gpkg, self.tmp_geojson):
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+
+
+def _geojson_header(crs) -> str:
+    import json
+
+    head = '{\n"type": "FeatureCollection",\n"name": "buildings",\n'
+    epsg = crs.to_epsg() if crs is not None else None
+    if epsg is not None and epsg != 4326:  # RFC 7946 has no crs member; GDAL reads this one
+        member = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
+        head += f'"crs": {json.dumps(member)},\n'
+    return head + '"features": [\n'
+
+
+def _geojson_feature(record: dict, first: bool) -> str:
+    import json
+
+    props = {k: record[k] for k in BUILDING_COLUMNS}
+    return (
+        ("" if first else ",\n")
+        + '{ "type": "Feature", "properties": '
+        + json.dumps(props)
+        + ', "geometry": '
+        + shapely.to_geojson(record["geometry"])
+        + " }"
+    )
+
+
+def mask_buildings(
+    mask: np.ndarray,
+    prob: np.ndarray,
     transform: Affine,
-    gsd_m: tuple[float, float],
+    crs,
+    gsd_m,
     *,
     min_area: float = 2.0,
     simplify: float = 0.3,
     regularize_outlines: bool = False,
 ):
-    """GeoDataFrame of buildings from merged pieces: filtered by area (m²), simplified or
-    regularised with tolerances in metres (a local metric frame, so EPSG:4326 works too)."""
-    import geopandas as gpd
-    from shapely import affinity
-
-    from rscrisis.raster_io import crs_units_per_metre
-
-    px_area = gsd_m[0] * gsd_m[1]
-    x0, y0 = transform.c, transform.f
-    ux, uy = crs_units_per_metre(crs, x0, y0)
-    records = []
-    for piece in pieces:
-        area = piece.pixels * px_area
-        if area < min_area:
-            continue
-        geom = affinity.scale(piece.geom, 1 / ux, 1 / uy, origin=(x0, y0))
-        if regularize_outlines:
-            geom = regularize(geom, max(simplify, 0.5 * min(gsd_m)))
-        elif simplify > 0:
-            geom = geom.simplify(simplify, preserve_topology=True)
-        geom = affinity.scale(geom, ux, uy, origin=(x0, y0))
-        if geom.is_empty:
-            continue
-        records.append(
-            {
-                "area_m2": round(area, 2),
-                "mean_prob": round(piece.prob_sum / max(piece.pixels, 1), 4),
-                "pixels": piece.pixels,
-                "geometry": geom,
-            }
-        )
-    frame = gpd.GeoDataFrame(
-        records or None,
-        columns=["area_m2", "mean_prob", "pixels", "geometry"],
-        geometry="geometry",
-        crs=crs,
+    """Buildings of one small raster (a tile) as a GeoDataFrame."""
+    shaper = BuildingShaper(
+        transform, gsd_m, OutlineOptions(min_area, simplify, regularize_outlines)
     )
-    frame = frame.sort_values(["area_m2"], ascending=False, kind="stable").reset_index(drop=True)
-    frame.insert(0, "building_id", np.arange(1, len(frame) + 1))
-    return frame
+    records: list[dict] = []
 
+    def keep(piece: Piece) -> None:
+        record = shaper(piece)
+        if record is not None:
+            records.append({"building_id": len(records) + 1, **record})
 
-def mask_buildings(mask: np.ndarray, prob: np.ndarray, transform: Affine, crs, gsd_m, **options):
-    """Buildings of one small raster (a tile): polygonise, then :func:`buildings_frame`."""
-    collector = PolygonCollector(transform, mask.shape[0])
+    collector = PolygonCollector(mask.shape[0], keep)
     collector.add_strip(0, mask, prob)
-    return buildings_frame(collector.finish(), crs, transform, gsd_m, **options)
+    collector.finish()
+    return records_frame(records, crs)

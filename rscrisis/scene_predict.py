@@ -201,7 +201,12 @@ class _SceneWriter:
     def __init__(self, prep: _Prepared, out: Path, config: SceneConfig, threshold: float):
         import rasterio
 
-        from rscrisis.polygons import PolygonCollector
+        from rscrisis.polygons import (
+            BuildingLayer,
+            BuildingShaper,
+            OutlineOptions,
+            PolygonCollector,
+        )
         from rscrisis.stitching import Rechunker, StripStitcher
 
         self.prep, self.config, self.threshold = prep, config, threshold
@@ -233,7 +238,15 @@ class _SceneWriter:
             prob_profile.update(nbits=16, predictor=3)
         self.prob_ds = rasterio.open(self.tmp_prob, "w", **prob_profile)
         self.mask_ds = rasterio.open(self.tmp_mask, "w", **base, dtype="uint8", nodata=NODATA_U8)
-        self.polygons = PolygonCollector(grid.transform, grid.height)
+        self.buildings = BuildingLayer(
+            out / BUILDINGS, grid.crs, out / BUILDINGS_JSON if config.geojson else None
+        )
+        shaper = BuildingShaper(
+            grid.transform,
+            grid.gsd_m,
+            OutlineOptions(config.min_area, config.simplify, config.regularize),
+        )
+        self.polygons = PolygonCollector(grid.height, lambda p: self.buildings.add(shaper(p)))
         self.rows: list[dict] = []
         self.rows_written = 0
         self.stitcher = StripStitcher(prep.plan, Rechunker(BLOCK, self._write_strip))
@@ -281,6 +294,7 @@ class _SceneWriter:
     def finish(self) -> None:
         self.stitcher.finish()
         self.stitcher.emit.flush()
+        self.polygons.finish()
         if self.config.prob_format == "uint8":
             self.prob_ds.scales = (1 / PROB_SCALE,)
             self.prob_ds.offsets = (0.0,)
@@ -298,6 +312,7 @@ class _SceneWriter:
     def cleanup(self) -> None:
         """Close and delete the intermediates, whatever happened."""
         self.close()
+        self.buildings.discard()
         for tmp in (self.tmp_prob, self.tmp_mask):
             tmp.unlink(missing_ok=True)
 
@@ -354,25 +369,10 @@ def _write_products(writer: _SceneWriter, prep: _Prepared, out: Path, config: Sc
     """COGs from the finished intermediates, then the buildings and windows layers."""
     import geopandas as gpd
 
-    from rscrisis.polygons import buildings_frame
-
     float16 = config.prob_format == "float16"
     _to_cog(writer.tmp_prob, out / PROBABILITY, "AVERAGE", float16)
     _to_cog(writer.tmp_mask, out / MASK, "NEAREST", False)
-    buildings = buildings_frame(
-        writer.polygons.finish(),
-        prep.grid.crs,
-        prep.grid.transform,
-        prep.grid.gsd_m,
-        min_area=config.min_area,
-        simplify=config.simplify,
-        regularize_outlines=config.regularize,
-    )
-    with atomic_path(out / BUILDINGS) as tmp:
-        buildings.to_file(tmp, layer="buildings", driver="GPKG", engine="pyogrio")
-    if config.geojson:
-        with atomic_path(out / BUILDINGS_JSON) as tmp:
-            buildings.to_file(tmp, driver="GeoJSON", engine="pyogrio")
+    buildings = writer.buildings.commit()
     windows = gpd.GeoDataFrame(
         writer.rows or None,
         columns=None if writer.rows else ["window", "geometry"],
@@ -453,7 +453,7 @@ def predict_scene(
         height=prep.grid.height,
         windows=total,
         windows_skipped=skipped,
-        buildings=len(buildings),
+        buildings=buildings,
         seconds=round(seconds, 2),
         model_seconds=round(model_s, 2),
         megapixels_per_s=round(mpx / seconds, 3) if seconds else 0.0,

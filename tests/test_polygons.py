@@ -7,17 +7,38 @@ from affine import Affine
 from shapely import affinity
 from shapely.geometry import Polygon
 
-from rscrisis.polygons import PolygonCollector, regularize
+from rscrisis.polygons import (
+    BuildingLayer,
+    BuildingShaper,
+    OutlineOptions,
+    Piece,
+    PolygonCollector,
+    mask_buildings,
+    regularize,
+)
 
 T = Affine(0.5, 0, 1000.0, 0, -0.5, 2000.0)
+EXACT = OutlineOptions(min_area=0, simplify=0)
 
 
-def _collect(mask: np.ndarray, strip: int):
-    col = PolygonCollector(T, mask.shape[0])
+def _collect(mask: np.ndarray, strip: int, transform: Affine = T, gsd=(0.5, 0.5)):
+    """Buildings as map-coordinate pieces, plus the most pieces ever held at once."""
+    shaper = BuildingShaper(transform, gsd, EXACT)
+    out: list[Piece] = []
+
+    def emit(piece: Piece) -> None:
+        rec = shaper(piece)
+        out.append(Piece(rec["geometry"], rec["pixels"], piece.prob_sum))
+
+    col = PolygonCollector(mask.shape[0], emit)
     prob = np.where(mask, 0.9, 0.1)
+    held = 0
     for r in range(0, mask.shape[0], strip):
         col.add_strip(r, mask[r : r + strip], prob[r : r + strip])
-    return col.finish()
+        held = max(held, len(col._open))
+    col.finish()
+    _collect.held = held
+    return out
 
 
 def test_a_building_across_several_strips_is_one_polygon_with_exact_area():
@@ -93,9 +114,133 @@ def test_merging_is_exact_with_real_world_coordinates():
     t = Affine(0.3, 0, 354_000.0, 0, -0.3, 3_057_000.0)
     mask = np.zeros((600, 300), bool)
     mask[490:540, 100:200] = True
-    col = PolygonCollector(t, 600)
-    for r in range(0, 600, 256):
-        col.add_strip(r, mask[r : r + 256], mask[r : r + 256].astype(float))
-    pieces = col.finish()
+    pieces = _collect(mask, 256, t, (0.3, 0.3))
     assert len(pieces) == 1 and pieces[0].pixels == 5000
     assert pieces[0].geom.bounds == pytest.approx((354_030.0, 3_056_838.0, 354_060.0, 3_056_853.0))
+
+
+def test_buildings_are_emitted_as_soon_as_complete_so_memory_does_not_grow_with_their_number():
+    """A grid of 400 small buildings, 8 strips: only those on the current border are held."""
+    mask = np.zeros((400, 400), bool)
+    for r in range(5, 400, 20):
+        for c in range(5, 400, 20):
+            mask[r : r + 8, c : c + 8] = True
+    pieces = _collect(mask, strip=50)
+    assert len(pieces) == 400
+    assert {p.pixels for p in pieces} == {64}
+    assert _collect.held <= 20  # one row of buildings at most, never all of them
+
+
+def test_a_building_spanning_many_strips_and_an_empty_strip_gap():
+    mask = np.zeros((64, 16), bool)
+    mask[0:40, 2:6] = True  # spans strips 0-4 (8 rows each)
+    mask[56:64, 2:6] = True  # after two empty strips: a different building
+    pieces = _collect(mask, strip=8)
+    assert sorted(p.pixels for p in pieces) == [32, 160]
+
+
+def test_shaper_filters_by_area_and_simplifies_in_metres():
+    t = Affine(0.25, 0, 500_000.0, 0, -0.25, 4_000_000.0)
+    shaper = BuildingShaper(t, (0.25, 0.25), OutlineOptions(min_area=2.0, simplify=0.3))
+    small = Piece(Polygon([(0, 0), (5, 0), (5, 5), (0, 5)]), 25, 20.0)  # 1.56 m²
+    assert shaper(small) is None
+    # a staircase diagonal edge, steps of one pixel: simplified away at 0.3 m
+    ring = [(0, 0), (20, 0), (20, 10)]
+    for i in range(10):
+        ring += [(20 - i, 10 + i + 1), (20 - i - 1, 10 + i + 1)]
+    ring += [(0, 20)]
+    poly = Polygon(ring)
+    assert poly.is_valid
+    rec = shaper(Piece(poly, int(poly.area), poly.area * 0.8))
+    assert rec["area_m2"] == pytest.approx(int(poly.area) * 0.0625, abs=0.005)
+    assert rec["mean_prob"] == pytest.approx(0.8)
+    out = rec["geometry"]
+    assert len(out.exterior.coords) < len(poly.exterior.coords) / 3
+    assert out.bounds == pytest.approx((500_000.0, 4_000_000.0 - 5.0, 500_005.0, 4_000_000.0))
+
+
+def test_shaper_squares_buildings_in_a_geographic_crs():
+    """Non-square pixels in degrees: squaring runs in a frame that is metric up to scale."""
+    t = Affine(1e-5, 0, 85.5, 0, -1e-5, 27.6)
+    gsd = (1e-5 * 111_320 * math.cos(math.radians(27.6)), 1e-5 * 110_574)
+    shaper = BuildingShaper(t, gsd, OutlineOptions(min_area=1, simplify=0.3, regularize=True))
+    rect = affinity.rotate(Polygon([(0, 0), (40, 0), (40, 20), (0, 20)]), 25, origin=(20, 10))
+    noisy = _noisy_outline(rect, 0.3)
+    rec = shaper(Piece(noisy, int(noisy.area), noisy.area))
+    # back in a local metric frame the corners are right angles
+    lon0, lat0 = 85.5, 27.6
+    metric = affinity.affine_transform(
+        rec["geometry"],
+        [gsd[0] / 1e-5, 0, 0, gsd[1] / 1e-5, -lon0 * gsd[0] / 1e-5, -lat0 * gsd[1] / 1e-5],
+    )
+    coords = np.asarray(metric.exterior.coords)
+    assert len(coords) - 1 == 4
+    edges = np.diff(coords, axis=0)
+    for e1, e2 in zip(edges, np.roll(edges, -1, axis=0), strict=True):
+        assert abs(e1 @ e2) / (np.linalg.norm(e1) * np.linalg.norm(e2)) < 1e-6
+
+
+def test_building_layer_streams_chunks_into_gpkg_and_geojson(tmp_path):
+    import geopandas as gpd
+    from rasterio.crs import CRS
+
+    crs = CRS.from_epsg(32645)
+    layer = BuildingLayer(tmp_path / "b.gpkg", crs, tmp_path / "b.geojson", chunk=3)
+    for i in range(8):
+        x = 354_000.0 + 10 * i
+        layer.add(
+            {
+                "area_m2": 4.0 + i,
+                "mean_prob": 0.5,
+                "pixels": 64,
+                "geometry": Polygon([(x, 0), (x + 2, 0), (x + 2, 2), (x, 2)]),
+            }
+        )
+        if i == 4:  # chunks are on disk under the partial name only
+            assert not (tmp_path / "b.gpkg").exists()
+    layer.add(None)
+    assert layer.commit() == 8
+    for name in ("b.gpkg", "b.geojson"):
+        frame = gpd.read_file(tmp_path / name)
+        assert list(frame.building_id) == list(range(1, 9))
+        assert frame.crs.to_epsg() == 32645
+        assert frame.area_m2.tolist() == [4.0 + i for i in range(8)]
+        assert frame.geometry.iloc[7].bounds == (354_070.0, 0.0, 354_072.0, 2.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.geojson", "b.gpkg"]
+
+
+def test_building_layer_discard_leaves_nothing(tmp_path):
+    from rasterio.crs import CRS
+
+    layer = BuildingLayer(tmp_path / "b.gpkg", CRS.from_epsg(3857), tmp_path / "b.geojson", chunk=1)
+    layer.add(
+        {
+            "area_m2": 4.0,
+            "mean_prob": 0.5,
+            "pixels": 64,
+            "geometry": Polygon([(0, 0), (2, 0), (2, 2)]),
+        }
+    )
+    layer.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_layer_and_tile_buildings_have_typed_columns(tmp_path):
+    from rasterio.crs import CRS
+
+    frame = mask_buildings(
+        np.zeros((8, 8), bool), np.zeros((8, 8)), T, CRS.from_epsg(32645), (0.5, 0.5)
+    )
+    assert len(frame) == 0
+    assert str(frame.building_id.dtype) == "int64" and str(frame.area_m2.dtype) == "float64"
+    layer = BuildingLayer(tmp_path / "b.gpkg", CRS.from_epsg(32645))
+    assert layer.commit() == 0
+    import pyogrio
+
+    info = pyogrio.read_info(tmp_path / "b.gpkg", layer="buildings")
+    assert info["features"] == 0 and list(info["fields"]) == [
+        "building_id",
+        "area_m2",
+        "mean_prob",
+        "pixels",
+    ]
