@@ -24,6 +24,7 @@ the end; every file appears under its final name only when complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -84,6 +85,28 @@ class SceneResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class StageClock:
+    """CPU seconds per pipeline stage, each measured in the thread that runs it.
+
+    Why CPU and not wall time: the stages run concurrently in three threads, and on a laptop
+    the question is which one steals cores from the model (``predict.json`` "timings").
+    """
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t = time.thread_time()
+        try:
+            yield
+        finally:
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - t
+
+    def rounded(self) -> dict[str, float]:
+        return {f"{k}_cpu_s": round(v, 2) for k, v in self.cpu.items()}
 
 
 @dataclass
@@ -153,35 +176,50 @@ def prepare_scene(model_path: str | Path, scene: str | Path, config: SceneConfig
 
 
 def _read_batches(
-    prep: _Prepared, batch_size: int, mean: np.ndarray, std: np.ndarray
+    prep: _Prepared, batch_size: int, mean: np.ndarray, std: np.ndarray, clock: StageClock
 ) -> Iterator[_Batch]:
-    """Window batches in row-major order; one read per window row (a strip of the scene)."""
+    """Window batches in row-major order, cut from a strip one window tall.
+
+    Consecutive window rows overlap, so only the rows the previous strip did not have are read
+    (and warped, and normalised); the overlapping rows are kept. Every source pixel is read
+    and normalised once, not once per window that covers it.
+    """
     from rasterio.windows import Window
 
     from rscrisis.data import normalise
 
     plan, s = prep.plan, prep.window
     specs = plan.windows()
+    bands = list(prep.info.bands)
+    strip_w = max(plan.width, s)
     pending: list[tuple[WindowSpec, np.ndarray | None, np.ndarray]] = []
+    x_strip = valid_strip = None
+    strip_end = 0  # scene row just below the strip held
     with open_grid(prep.info, prep.grid) as ds:
-        row_start = 0
-        for i, _r in enumerate(plan.row_offsets):
-            row_specs = specs[row_start : row_start + len(plan.col_offsets)]
-            row_start += len(plan.col_offsets)
-            strip_w = max(plan.width, s)
-            data, valid = read_padded(
-                ds, list(prep.info.bands), Window(0, plan.row_offsets[i], strip_w, s)
-            )
+        for i, row_off in enumerate(plan.row_offsets):
+            row_specs = specs[i * len(plan.col_offsets) : (i + 1) * len(plan.col_offsets)]
+            keep = max(0, strip_end - row_off) if x_strip is not None else 0
+            with clock.stage("read"):
+                data, valid = read_padded(ds, bands, Window(0, row_off + keep, strip_w, s - keep))
+            with clock.stage("normalise"):
+                x_new = normalise(data, valid, mean, std)
+                if keep:
+                    x_new = np.concatenate([x_strip[:, s - keep :], x_new], axis=1)
+                    valid = np.concatenate([valid_strip[s - keep :], valid], axis=0)
+                x_strip, valid_strip, strip_end = x_new, valid, row_off + s
             for spec in row_specs:
                 cols = slice(spec.col_off, spec.col_off + s)
-                v = valid[:, cols]
-                x = normalise(data[:, :, cols], v, mean, std) if v.any() else None
-                pending.append((spec, x, v.copy()))
+                v = valid_strip[:, cols]
+                pending.append((spec, x_strip[:, :, cols] if v.any() else None, v))
                 if len(pending) == batch_size:
-                    yield _to_batch(pending)
+                    with clock.stage("normalise"):
+                        batch = _to_batch(pending)
                     pending = []
+                    yield batch
     if pending:
-        yield _to_batch(pending)
+        with clock.stage("normalise"):
+            batch = _to_batch(pending)
+        yield batch
 
 
 def _to_batch(items) -> _Batch:
@@ -198,7 +236,9 @@ def _to_batch(items) -> _Batch:
 class _SceneWriter:
     """Writer-thread state: stitcher, intermediate GeoTIFFs, polygons, window records."""
 
-    def __init__(self, prep: _Prepared, out: Path, config: SceneConfig, threshold: float):
+    def __init__(
+        self, prep: _Prepared, out: Path, config: SceneConfig, threshold: float, clock: StageClock
+    ):
         import rasterio
 
         from rscrisis.polygons import (
@@ -209,7 +249,7 @@ class _SceneWriter:
         )
         from rscrisis.stitching import Rechunker, StripStitcher
 
-        self.prep, self.config, self.threshold = prep, config, threshold
+        self.prep, self.config, self.threshold, self.clock = prep, config, threshold, clock
         grid = prep.grid
         self.tmp_prob = partial_path(out / f"raw-{PROBABILITY}")
         self.tmp_mask = partial_path(out / f"raw-{MASK}")
@@ -258,7 +298,8 @@ class _SceneWriter:
             if not batch.keep[n]:
                 self.stitcher.skip(spec)
                 continue
-            self.stitcher.add(spec, probs[k], batch.valid[n])
+            with self.clock.stage("blend"):
+                self.stitcher.add(spec, probs[k], batch.valid[n])
             self.rows.append(self._window_record(spec, {key: v[k] for key, v in stats.items()}))
             k += 1
 
@@ -280,15 +321,17 @@ class _SceneWriter:
     def _write_strip(self, first_row: int, prob: np.ndarray, valid: np.ndarray) -> None:
         from rasterio.windows import Window
 
-        win = Window(0, first_row, prob.shape[1], prob.shape[0])
-        if self.config.prob_format == "float16":
-            p_out = np.where(valid, prob, np.nan).astype(np.float32)
-        else:
-            p_out = np.where(valid, np.round(prob * PROB_SCALE), NODATA_U8).astype(np.uint8)
-        mask = (prob > self.threshold) & valid
-        self.prob_ds.write(p_out, 1, window=win)
-        self.mask_ds.write(np.where(valid, mask, NODATA_U8).astype(np.uint8), 1, window=win)
-        self.polygons.add_strip(first_row, mask, np.where(valid, prob, 0.0))
+        with self.clock.stage("write"):
+            win = Window(0, first_row, prob.shape[1], prob.shape[0])
+            if self.config.prob_format == "float16":
+                p_out = np.where(valid, prob, np.nan).astype(np.float32)
+            else:
+                p_out = np.where(valid, np.round(prob * PROB_SCALE), NODATA_U8).astype(np.uint8)
+            mask = (prob > self.threshold) & valid
+            self.prob_ds.write(p_out, 1, window=win)
+            self.mask_ds.write(np.where(valid, mask, NODATA_U8).astype(np.uint8), 1, window=win)
+        with self.clock.stage("polygons"):
+            self.polygons.add_strip(first_row, mask, np.where(valid, prob, 0.0))
         self.rows_written += len(prob)
 
     def finish(self) -> None:
@@ -421,15 +464,16 @@ def predict_scene(
     total = len(prep.plan)
 
     t0 = time.perf_counter()
+    clock = StageClock()
     model_s = 0.0
     done = skipped = 0
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-        writer = _SceneWriter(prep, out, config, model.threshold)
+        writer = _SceneWriter(prep, out, config, model.threshold, clock)
         try:
             consumer = BackgroundConsumer(writer.handle, depth=2)
             try:
                 for batch in Prefetcher(
-                    _read_batches(prep, config.batch_size, mean, std), depth=config.prefetch
+                    _read_batches(prep, config.batch_size, mean, std, clock), depth=config.prefetch
                 ):
                     t_model = time.perf_counter()
                     probs, stats = _infer(model, batch, device, amp, views, config.channels_last)
@@ -440,8 +484,10 @@ def predict_scene(
                     progress(done, total)
             finally:
                 consumer.close()
+            t_loop = time.perf_counter()
             writer.finish()
             buildings, windows = _write_products(writer, prep, out, config)
+            products_s = time.perf_counter() - t_loop
         finally:
             writer.cleanup()
     seconds = time.perf_counter() - t0
@@ -479,6 +525,12 @@ def predict_scene(
             "threshold": model.threshold,
             "config": config.model_dump(mode="json"),
             "result": result.to_dict(),
+            "timings": {
+                "total_s": result.seconds,
+                "model_s": result.model_seconds,
+                "after_last_batch_s": round(products_s, 2),
+                **clock.rounded(),
+            },
         },
     )
     return result
