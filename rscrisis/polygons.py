@@ -53,7 +53,10 @@ class PolygonCollector:
     def __init__(self, height: int, emit: Callable[[Piece], None]):
         self.height = height
         self.emit = emit
-        self._open: list[Piece] = []
+        #: buildings still open at the bottom of the last strip, each as its strip parts: they
+        #: are unioned once, when the building is complete (re-unioning a growing polygon at
+        #: every strip is quadratic for a large blob spanning the scene)
+        self._open: list[list[Piece]] = []
         #: per column of the previous strip's last row: index into ``_open``, -1 for none
         self._border: np.ndarray | None = None
         self._next_row = 0
@@ -97,16 +100,16 @@ class PolygonCollector:
             groups.setdefault(find(node), []).append(node)
 
         at_bottom = set() if self._next_row >= self.height else set(np.unique(labels[-1]).tolist())
-        still_open: list[Piece] = []
+        still_open: list[list[Piece]] = []
         label_to_open = np.full(n + 1, -1, np.int64)
         for members in groups.values():
-            piece = _union([self._open[i] if i < held else new[i - held] for i in members])
+            parts = [p for i in members for p in (self._open[i] if i < held else [new[i - held]])]
             open_labels = [i - held for i in members if i >= held and i - held in at_bottom]
             if open_labels:
                 label_to_open[open_labels] = len(still_open)
-                still_open.append(piece)
+                still_open.append(parts)
             else:
-                self.emit(piece)
+                self.emit(_union(parts))
         self._open = still_open
         self._border = label_to_open[labels[-1]] if still_open else None
 
@@ -115,8 +118,8 @@ class PolygonCollector:
         self._close_open()
 
     def _close_open(self) -> None:
-        for piece in self._open:
-            self.emit(piece)
+        for parts in self._open:
+            self.emit(_union(parts))
         self._open, self._border = [], None
 
 

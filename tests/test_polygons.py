@@ -244,3 +244,20 @@ def test_empty_layer_and_tile_buildings_have_typed_columns(tmp_path):
         "mean_prob",
         "pixels",
     ]
+
+
+def test_a_blob_spanning_every_strip_is_one_polygon_and_its_neighbours_are_released():
+    """A comb (spine through all strips, a tooth per strip) next to small buildings: the comb
+    is held as parts and unioned once; the small buildings are emitted strip by strip."""
+    mask = np.zeros((320, 200), bool)
+    mask[:, 10:14] = True  # the spine touches every strip border
+    for r in range(4, 320, 16):
+        mask[r : r + 4, 14:40] = True  # teeth
+        mask[r : r + 4, 100:104] = True  # separate buildings
+    pieces = _collect(mask, strip=32)
+    comb = max(pieces, key=lambda p: p.pixels)
+    assert len(pieces) == 1 + 20
+    assert comb.pixels == 320 * 4 + 20 * 4 * 26
+    assert comb.geom.geom_type == "Polygon" and comb.geom.is_valid
+    assert comb.geom.area == pytest.approx(comb.pixels * 0.25)
+    assert _collect.held == 1  # only the comb is ever held across a border
