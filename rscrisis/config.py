@@ -239,6 +239,12 @@ class SceneConfig(_Config):
     simplify: float = Field(
         0.3, ge=0, description="Douglas-Peucker tolerance of building outlines (m; 0: off)"
     )
+    max_area: float = Field(
+        100_000.0,
+        gt=0,
+        description="a connected region larger than this (m²) is not one building: it is "
+        "written as parts cut at strip borders, flagged oversize, which keeps memory bounded",
+    )
     regularize: bool = Field(
         False, description="square building outlines (edges parallel/perpendicular)"
     )

@@ -37,6 +37,20 @@ class Piece:
     geom: Polygon
     pixels: int
     prob_sum: float
+    #: part of a connected region too large to be one building, cut at strip borders
+    oversize: bool = False
+
+
+@dataclass
+class _Open:
+    """A building still open at the bottom of the last strip, as its strip parts: they are
+    unioned once, when it is complete (re-unioning a growing polygon at every strip is
+    quadratic). ``oversize``: past the size budget, its parts are emitted as they come."""
+
+    parts: list[Piece]
+    pixels: int
+    vertices: int
+    oversize: bool = False
 
 
 class PolygonCollector:
@@ -48,15 +62,24 @@ class PolygonCollector:
     contact: 4-connectivity, like the raster; corner contacts stay apart). Polygons are in
     pixel coordinates, so the vertices along a strip border are integers on both sides and the
     union is exact.
+
+    A connected region larger than ``max_pixels`` or ``max_vertices`` is not one building (a
+    block of touching roofs, a false-positive field spanning the scene) and one polygon of it
+    would cost memory without bound: its parts are emitted per strip, flagged ``oversize``.
     """
 
-    def __init__(self, height: int, emit: Callable[[Piece], None]):
+    def __init__(
+        self,
+        height: int,
+        emit: Callable[[Piece], None],
+        max_pixels: float = math.inf,
+        max_vertices: int = 200_000,
+    ):
         self.height = height
         self.emit = emit
-        #: buildings still open at the bottom of the last strip, each as its strip parts: they
-        #: are unioned once, when the building is complete (re-unioning a growing polygon at
-        #: every strip is quadratic for a large blob spanning the scene)
-        self._open: list[list[Piece]] = []
+        self.max_pixels = max_pixels
+        self.max_vertices = max_vertices
+        self._open: list[_Open] = []
         #: per column of the previous strip's last row: index into ``_open``, -1 for none
         self._border: np.ndarray | None = None
         self._next_row = 0
@@ -100,16 +123,19 @@ class PolygonCollector:
             groups.setdefault(find(node), []).append(node)
 
         at_bottom = set() if self._next_row >= self.height else set(np.unique(labels[-1]).tolist())
-        still_open: list[list[Piece]] = []
+        still_open: list[_Open] = []
         label_to_open = np.full(n + 1, -1, np.int64)
         for members in groups.values():
-            parts = [p for i in members for p in (self._open[i] if i < held else [new[i - held]])]
+            group = self._merge(
+                [self._open[i] for i in members if i < held],
+                [new[i - held] for i in members if i >= held],
+            )
             open_labels = [i - held for i in members if i >= held and i - held in at_bottom]
             if open_labels:
                 label_to_open[open_labels] = len(still_open)
-                still_open.append(parts)
+                still_open.append(group)
             else:
-                self.emit(_union(parts))
+                self._close(group)
         self._open = still_open
         self._border = label_to_open[labels[-1]] if still_open else None
 
@@ -118,9 +144,29 @@ class PolygonCollector:
         self._close_open()
 
     def _close_open(self) -> None:
-        for parts in self._open:
-            self.emit(_union(parts))
+        for group in self._open:
+            self._close(group)
         self._open, self._border = [], None
+
+    def _merge(self, held: list[_Open], new: list[Piece]) -> _Open:
+        group = _Open(
+            [p for g in held for p in g.parts] + new,
+            sum(g.pixels for g in held) + sum(p.pixels for p in new),
+            sum(g.vertices for g in held) + sum(shapely.get_num_coordinates(p.geom) for p in new),
+            any(g.oversize for g in held),
+        )
+        if group.pixels > self.max_pixels or group.vertices > self.max_vertices:
+            group.oversize = True
+        if group.oversize:  # emit what is held; keep only the flag for later strips
+            for part in group.parts:
+                part.oversize = True
+                self.emit(part)
+            group.parts, group.vertices = [], 0
+        return group
+
+    def _close(self, group: _Open) -> None:
+        if group.parts:
+            self.emit(_union(group.parts))
 
 
 def _union(pieces: list[Piece]) -> Piece:
@@ -139,6 +185,7 @@ class OutlineOptions:
     min_area: float = 2.0
     simplify: float = 0.3
     regularize: bool = False
+    max_area: float = 100_000.0
 
 
 class BuildingShaper:
@@ -177,6 +224,7 @@ class BuildingShaper:
             "area_m2": round(area, 2),
             "mean_prob": round(piece.prob_sum / max(piece.pixels, 1), 4),
             "pixels": piece.pixels,
+            "oversize": piece.oversize,
             "geometry": shapely.affinity.affine_transform(geom, self._to_map),
         }
 
@@ -250,6 +298,7 @@ BUILDING_COLUMNS = {
     "area_m2": "float64",
     "mean_prob": "float64",
     "pixels": "int64",
+    "oversize": "bool",
 }
 
 

@@ -6,7 +6,8 @@ Outputs (DESIGN.md "scene outputs"), all in the scene's CRS, on the grid the mod
       probability.tif   COG, uint8 p x 254 (255 = nodata; GeoTIFF scale 1/254) or float16
       mask.tif          COG, uint8 1 = building, 0 = background, 255 = nodata
       buildings.gpkg    layer "buildings": one polygon per building (merged across windows),
-                        area_m2, mean_prob, pixels
+                        area_m2, mean_prob, pixels, oversize (a region over --max-area,
+                        cut at 256-row strip borders)
       buildings.geojson with --geojson
       windows.gpkg      layer "windows": per inference window (its core cell) the predicted IoU,
                         expected IoU, entropy, building and valid fractions, and with --tta the
@@ -284,9 +285,13 @@ class _SceneWriter:
         shaper = BuildingShaper(
             grid.transform,
             grid.gsd_m,
-            OutlineOptions(config.min_area, config.simplify, config.regularize),
+            OutlineOptions(config.min_area, config.simplify, config.regularize, config.max_area),
         )
-        self.polygons = PolygonCollector(grid.height, lambda p: self.buildings.add(shaper(p)))
+        self.polygons = PolygonCollector(
+            grid.height,
+            lambda p: self.buildings.add(shaper(p)),
+            max_pixels=config.max_area / shaper.px_area,
+        )
         self.rows: list[dict] = []
         self.rows_written = 0
         self.stitcher = StripStitcher(prep.plan, Rechunker(BLOCK, self._write_strip))

@@ -193,6 +193,7 @@ def test_building_layer_streams_chunks_into_gpkg_and_geojson(tmp_path):
                 "area_m2": 4.0 + i,
                 "mean_prob": 0.5,
                 "pixels": 64,
+                "oversize": False,
                 "geometry": Polygon([(x, 0), (x + 2, 0), (x + 2, 2), (x, 2)]),
             }
         )
@@ -218,6 +219,7 @@ def test_building_layer_discard_leaves_nothing(tmp_path):
             "area_m2": 4.0,
             "mean_prob": 0.5,
             "pixels": 64,
+            "oversize": False,
             "geometry": Polygon([(0, 0), (2, 0), (2, 2)]),
         }
     )
@@ -243,6 +245,7 @@ def test_empty_layer_and_tile_buildings_have_typed_columns(tmp_path):
         "area_m2",
         "mean_prob",
         "pixels",
+        "oversize",
     ]
 
 
@@ -261,3 +264,23 @@ def test_a_blob_spanning_every_strip_is_one_polygon_and_its_neighbours_are_relea
     assert comb.geom.geom_type == "Polygon" and comb.geom.is_valid
     assert comb.geom.area == pytest.approx(comb.pixels * 0.25)
     assert _collect.held == 1  # only the comb is ever held across a border
+
+
+def test_a_region_over_the_size_budget_is_written_as_flagged_strip_parts():
+    """A field of touching roofs spanning the scene is not one building: past ``max_pixels``
+    it is emitted part by part (bounded memory), flagged; normal buildings are unaffected."""
+    mask = np.zeros((256, 100), bool)
+    mask[:, 0:40] = True  # 40 px wide, through all 8 strips of 32 rows
+    mask[10:20, 60:70] = True
+    mask[40:70, 60:70] = True  # crosses a strip border: still merged
+    out: list[Piece] = []
+    col = PolygonCollector(256, out.append, max_pixels=3 * 32 * 40)
+    for r in range(0, 256, 32):
+        col.add_strip(r, mask[r : r + 32], mask[r : r + 32].astype(float))
+        assert sum(len(g.parts) for g in col._open) <= 4  # never the whole region
+    col.finish()
+    big = [p for p in out if p.oversize]
+    normal = sorted(p.pixels for p in out if not p.oversize)
+    assert normal == [100, 300]
+    assert sum(p.pixels for p in big) == 256 * 40 and len(big) == 8
+    assert all(p.geom.is_valid for p in big)

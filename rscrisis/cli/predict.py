@@ -85,6 +85,9 @@ def predict_command(
     simplify: Annotated[
         float, typer.Option(help=describe(S, "simplify"), rich_help_panel=SCENE)
     ] = default(S, "simplify"),
+    max_area: Annotated[
+        float, typer.Option(help=describe(S, "max_area"), rich_help_panel=SCENE)
+    ] = default(S, "max_area"),
     regularize: Annotated[
         bool,
         typer.Option("--regularize", help=describe(S, "regularize"), rich_help_panel=SCENE),
@@ -179,6 +182,7 @@ def predict_command(
         prob_format=prob_format.value,
         min_area=min_area,
         simplify=simplify,
+        max_area=max_area,
         regularize=regularize,
         geojson=geojson,
         tta=tta,
