@@ -85,7 +85,8 @@ class PolygonCollector:
         self._next_row = 0
 
     def add_strip(self, first_row: int, mask: np.ndarray, prob: np.ndarray) -> None:
-        """Polygonise ``mask`` (bool, scene rows ``first_row`` ...); ``prob`` for the scores."""
+        """Polygonise ``mask`` (bool, scene rows ``first_row`` ...); ``prob`` (read where
+        ``mask`` is set only) gives the buildings' mean probability."""
         from rasterio.features import shapes
         from scipy import ndimage
 
@@ -96,8 +97,9 @@ class PolygonCollector:
             self._close_open()
             return
         labels, n = ndimage.label(mask)  # 4-connectivity, as rasterio.features.shapes
-        pixels = np.bincount(labels.ravel(), minlength=n + 1)
-        prob_sum = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n + 1)
+        inside = labels[mask]  # buildings are a small share of a strip: count only their pixels
+        pixels = np.bincount(inside, minlength=n + 1)
+        prob_sum = np.bincount(inside, weights=prob[mask], minlength=n + 1)
         new: dict[int, Piece] = {}
         transform = Affine.translation(0, first_row)
         for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -92,19 +93,27 @@ class StageClock:
     """CPU seconds per pipeline stage, each measured in the thread that runs it.
 
     Why CPU and not wall time: the stages run concurrently in three threads, and on a laptop
-    the question is which one steals cores from the model (``predict.json`` "timings").
+    the question is which one steals cores from the model (``predict.json`` "timings"). A stage
+    entered inside another (the stitcher's flush writes strips) is charged to the inner one only.
     """
 
     def __init__(self) -> None:
         self.cpu: dict[str, float] = {}
+        self._local = threading.local()
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        stack = self._local.__dict__.setdefault("stack", [])
+        stack.append(0.0)  # CPU time of nested stages
         t = time.thread_time()
         try:
             yield
         finally:
-            self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - t
+            elapsed = time.thread_time() - t
+            nested = stack.pop()
+            self.cpu[name] = self.cpu.get(name, 0.0) + elapsed - nested
+            if stack:
+                stack[-1] += elapsed
 
     def rounded(self) -> dict[str, float]:
         return {f"{k}_cpu_s": round(v, 2) for k, v in self.cpu.items()}
@@ -336,7 +345,7 @@ class _SceneWriter:
             self.prob_ds.write(p_out, 1, window=win)
             self.mask_ds.write(np.where(valid, mask, NODATA_U8).astype(np.uint8), 1, window=win)
         with self.clock.stage("polygons"):
-            self.polygons.add_strip(first_row, mask, np.where(valid, prob, 0.0))
+            self.polygons.add_strip(first_row, mask, prob)
         self.rows_written += len(prob)
 
     def finish(self) -> None:

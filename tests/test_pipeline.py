@@ -1,8 +1,10 @@
+import os
+import sys
 import threading
 
 import pytest
 
-from rscrisis.pipeline import BackgroundConsumer, Prefetcher
+from rscrisis.pipeline import HELPER_NICE, BackgroundConsumer, Prefetcher
 
 
 def test_prefetcher_yields_in_order_and_reraises_reader_errors():
@@ -39,3 +41,23 @@ def test_consumer_handles_everything_and_reraises_the_first_error():
     c.put(7)
     with pytest.raises(ValueError, match="bad 7"):
         c.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux")
+def test_helper_threads_yield_the_cores_to_the_model_but_the_caller_keeps_its_priority():
+    seen = []
+
+    def record(_item):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    consumer = BackgroundConsumer(record)
+    consumer.put(1)
+    consumer.close()
+
+    def source():
+        yield os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    assert seen == [max(before, HELPER_NICE)]
+    assert list(Prefetcher(source())) == [max(before, HELPER_NICE)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
