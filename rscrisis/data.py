@@ -192,14 +192,23 @@ def spatial_split(
 
 
 def normalise(
-    image: np.ndarray, valid: np.ndarray, mean: np.ndarray, std: np.ndarray
+    image: np.ndarray,
+    valid: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Model input from raw pixels: (x - mean) / std per band, invalid pixels set to 0.
 
     The one definition shared by training, tile prediction and scene prediction, so a model
     always sees its inputs scaled the way it was trained. ``mean``/``std`` are (bands, 1, 1).
+    ``out`` (float32, the image's shape) receives the result: scene strips are as wide as the
+    scene, and computing in place saves their temporaries.
     """
-    x = (image.astype(np.float32) - mean) / std
+    x = np.empty(image.shape, np.float32) if out is None else out
+    x[...] = image
+    x -= mean
+    x /= std
     x[..., ~valid] = 0.0
     return x
 

@@ -212,9 +212,11 @@ def _read_batches(
             with clock.stage("read"):
                 data, valid = read_padded(ds, bands, Window(0, row_off + keep, strip_w, s - keep))
             with clock.stage("normalise"):
-                x_new = normalise(data, valid, mean, std)
+                # a new strip each time: windows of the last one may still wait for a batch
+                x_new = np.empty((len(bands), s, strip_w), np.float32)
+                normalise(data, valid, mean, std, out=x_new[:, keep:])
                 if keep:
-                    x_new = np.concatenate([x_strip[:, s - keep :], x_new], axis=1)
+                    x_new[:, :keep] = x_strip[:, s - keep :]
                     valid = np.concatenate([valid_strip[s - keep :], valid], axis=0)
                 x_strip, valid_strip, strip_end = x_new, valid, row_off + s
             for spec in row_specs:
@@ -337,13 +339,21 @@ class _SceneWriter:
 
         with self.clock.stage("write"):
             win = Window(0, first_row, prob.shape[1], prob.shape[0])
+            # one temporary per product: strips are as wide as the scene
+            invalid = ~valid
             if self.config.prob_format == "float16":
-                p_out = np.where(valid, prob, np.nan).astype(np.float32)
+                p_out = prob.astype(np.float32)  # a copy: prob feeds the polygons below
+                p_out[invalid] = np.nan
             else:
-                p_out = np.where(valid, np.round(prob * PROB_SCALE), NODATA_U8).astype(np.uint8)
+                scaled = np.multiply(prob, PROB_SCALE, dtype=np.float32)
+                p_out = np.rint(scaled, out=scaled).astype(np.uint8)
+                p_out[invalid] = NODATA_U8
             mask = (prob > self.threshold) & valid
             self.prob_ds.write(p_out, 1, window=win)
-            self.mask_ds.write(np.where(valid, mask, NODATA_U8).astype(np.uint8), 1, window=win)
+            del p_out
+            m_out = mask.view(np.uint8).copy()
+            m_out[invalid] = NODATA_U8
+            self.mask_ds.write(m_out, 1, window=win)
         with self.clock.stage("polygons"):
             self.polygons.add_strip(first_row, mask, prob)
         self.rows_written += len(prob)
