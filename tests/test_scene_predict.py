@@ -103,7 +103,26 @@ def test_buildings_across_window_and_strip_borders_are_single_polygons(pixel_mod
     big = frame.loc[frame.area_m2.idxmax()]
     assert big.geometry.area == pytest.approx(50 * 100 * 0.09)
     assert frame.mean_prob.min() > 0.9
-    assert len(gpd.read_file(tmp_path / "map" / "buildings.geojson")) == len(BUILDINGS)
+    geojson = gpd.read_file(tmp_path / "map" / "buildings.geojson")
+    assert geojson.crs == "EPSG:32645"
+    assert list(geojson.building_id) == list(frame.building_id)
+    assert geojson.area_m2.tolist() == frame.area_m2.tolist()
+    assert not frame.oversize.any()
+    assert not list((tmp_path / "map").glob(".*partial*"))
+
+
+def test_a_region_over_max_area_is_written_as_flagged_parts(pixel_model, tmp_path):
+    """The 450 m² building crossing the row-512 strip border, with --max-area 300: two parts
+    flagged oversize; the small buildings stay whole and unflagged."""
+    model, _ = pixel_model
+    scene = _scene(tmp_path / "scene.tif")
+    cfg = SceneConfig(window=64, overlap=16, max_area=300.0)
+    predict_scene(model, scene, tmp_path / "map", config=cfg)
+    frame = gpd.read_file(tmp_path / "map" / "buildings.gpkg", layer="buildings")
+    parts = frame[frame.oversize]
+    assert len(parts) == 2
+    assert sorted(parts.pixels) == [22 * 100, 28 * 100]  # cut at the strip border, row 512
+    assert len(frame) == len(BUILDINGS) + 1
 
 
 def test_windows_layer_tiles_the_scene_and_skips_nodata_windows(pixel_model, tmp_path):
