@@ -208,6 +208,11 @@ class BuildingShaper:
         to_map = transform @ Affine.scale(1.0, 1.0 / self.aspect)
         self._to_map = [to_map.a, to_map.b, to_map.d, to_map.e, to_map.c, to_map.f]
 
+    @property
+    def max_pixels(self) -> float:
+        """``max_area`` in pixels: the size budget of :class:`PolygonCollector`."""
+        return self.options.max_area / self.px_area
+
     def __call__(self, piece: Piece) -> dict | None:
         opts = self.options
         area = piece.pixels * self.px_area

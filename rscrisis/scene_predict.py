@@ -301,7 +301,7 @@ class _SceneWriter:
         self.polygons = PolygonCollector(
             grid.height,
             lambda p: self.buildings.add(shaper(p)),
-            max_pixels=config.max_area / shaper.px_area,
+            max_pixels=shaper.max_pixels,
         )
         self.rows: list[dict] = []
         self.rows_written = 0
