@@ -45,7 +45,7 @@ mkdir -p "$OUT"
 # 8. Fine-tune on the corrected batch (replaying area A so the model does not forget it), then
 #    predict and evaluate again; the next batch leaves out the tiles already labelled.
 "$RS" finetune "$OUT/models/a.safetensors" "$OUT/batch-01" --out "$OUT/models/ft-01.safetensors" \
-    --replay "$OUT/tiles-a" --epochs 8 --overwrite
+    --replay "$OUT/tiles-a" --overwrite
 "$RS" predict "$OUT/models/ft-01.safetensors" "$OUT/tiles-b" --out "$OUT/pred-b-01" --overwrite
 "$RS" evaluate "$OUT/models/ft-01.safetensors" "$OUT/tiles-b-truth" --out "$OUT/eval-b-01" \
     --overwrite --json > "$OUT/eval-b-01.json"

@@ -314,14 +314,27 @@ class RankConfig(_Config):
 
 
 class FinetuneConfig(_Config):
-    """How ``rscrisis finetune`` adapts a model to corrected annotation batches."""
+    """How ``rscrisis finetune`` (and every round of ``simulate``) adapts a model to corrected
+    tiles; see rscrisis.finetune for the procedure and README for the measurements."""
 
-    epochs: int = Field(30, ge=1, description="maximum number of epochs")
+    steps: int = Field(
+        150,
+        ge=1,
+        description="optimisation steps; each draws a batch with replacement, so 5 tiles get "
+        "as much optimisation as 50",
+    )
     batch_size: int = Field(8, ge=1, description="tiles per optimisation step")
     lr_scale: float = Field(
         0.3,
         gt=0,
         description="learning rate = this x the starting model's training learning rate",
+    )
+    ema: float = Field(
+        0.98,
+        ge=0,
+        lt=1,
+        description="keep an exponential moving average of the weights with this decay per "
+        "step (0: the last step's weights)",
     )
     freeze_encoder: bool = Field(False, description="train only decoder and heads")
     freeze_stages: int = Field(
@@ -344,19 +357,43 @@ class FinetuneConfig(_Config):
         description="earlier labelled tile sets mixed in so the model does not forget "
         "(the labels of batches the starting model learnt from are replayed automatically)",
     )
+    replay_pretraining: bool = Field(
+        True,
+        description="also replay the tile sets the model was (pre)trained on, when they are "
+        "still on disk",
+    )
     replay_ratio: float = Field(
-        1.0, ge=0, description="replayed tiles per new tile (at most; 0 disables replay)"
+        1.0, ge=0, description="replayed tiles per new tile in each batch (0 disables replay)"
+    )
+    max_empty_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="at most this share of the new tiles drawn hold no building, when other "
+        "new tiles do",
     )
     val_fraction: float = Field(
-        0.2, ge=0.0, lt=1.0, description="held-out slice (spatial blocks) for early stopping"
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="held-out slice of the new tiles (spatial blocks) on which the starting "
+        "model and the fine-tuned one compete; used only when it can be trusted",
     )
-    patience: int = Field(6, ge=1, description="stop after this many epochs without gain")
+    min_val_tiles: int = Field(
+        4,
+        ge=1,
+        description="a held-out slice is trusted with at least this many tiles, two of them "
+        "with buildings; otherwise every tile trains and the budget is fixed",
+    )
+    eval_every: int = Field(25, ge=1, description="steps between evaluations on a held-out slice")
     iou_loss_weight: float = Field(0.5, ge=0.0, description="weight of the IoU-head loss")
     augment: bool = Field(True, description="flips, 90° rotations, brightness/contrast, scale")
+    calibrate: bool = Field(
+        True, description="refit the IoU calibrator on the corrected tiles (rscrisis.calibration)"
+    )
     seed: int = Field(0, description="random seed (runs are deterministic on CPU)")
     device: DeviceName = Field("auto", description="auto picks cuda when available")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
-    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget")
     repair: bool = Field(False, description="repair invalid corrected polygons instead of refusing")
 
 
@@ -388,9 +425,12 @@ class SimulateConfig(_Config):
     split_seed: int = Field(0, description="seed of the pool/test split (the same for all runs)")
     spatial: bool = Field(True, description="rank's rule keeping a batch's tiles apart")
     finetune: FinetuneConfig = Field(
-        default_factory=lambda: FinetuneConfig(epochs=10, val_fraction=0.0, patience=100),
-        description="fine-tuning each round: from the starting model on every tile revealed so "
-        "far (no early-stopping slice: the budget is all training data)",
+        default_factory=lambda: FinetuneConfig(val_fraction=0.0),
+        description="fine-tuning each round, as finetune does: from the starting model on every "
+        "tile revealed so far (no held-out slice: the oracle's tiles are all training data)",
+    )
+    ceiling: bool = Field(
+        True, description="also fine-tune on every pool tile: the ceiling of the labels"
     )
     mc_samples: int = Field(0, ge=0, description="MC-dropout samples at prediction (for bald)")
 

@@ -1,13 +1,30 @@
 """``rscrisis finetune MODEL BATCH... --out MODEL2``: learn from corrected annotation batches.
 
 Ingests the batches (:mod:`rscrisis.ingest`: every correction checked before anything is
-written), then continues training from MODEL with the loop of :mod:`rscrisis.training`: a
-smaller learning rate (``lr_scale`` x the starting model's), the first encoder stages frozen by
-default (low-level filters transfer between areas; the few new tiles are better spent on the
-rest), early stopping on a spatially held-out slice, and a *replay* of earlier labelled tiles so
-the model does not forget the previous area or rounds: the batches the starting model learnt
-from are replayed automatically, plus any ``--replay`` tile sets, at most ``replay_ratio`` tiles
-per new tile.
+written), then adapts MODEL to them with :func:`finetune_tilesets`, the one fine-tuning path,
+shared with ``rscrisis simulate``:
+
+* **A budget of optimisation steps, not epochs** (``steps``): every step draws a batch with
+  replacement, so 5 tiles get as much optimisation as 50. Each batch mixes ``replay_ratio``
+  replayed tiles per new tile: the labels of batches the starting model learnt from, its own
+  (pre)training tile sets when they are still on disk, and any ``--replay`` tile sets. New
+  tiles without any building get at most ``max_empty_share`` of the draws when others hold
+  buildings, and Dice is not applied to a batch without a building pixel: a batch of fields
+  and water cannot teach the model that nothing is a building.
+* **The weights kept** are an exponential moving average over the steps (``ema``), with the
+  first encoder stage and the batch-norm statistics frozen, at ``lr_scale`` x the starting
+  model's learning rate. README ("Fine-tuning on a few tiles") gives the measurements behind
+  each default.
+* **Do no harm.** A spatially held-out slice of the new tiles (``val_fraction``) is used only
+  when it can be trusted: at least ``min_val_tiles`` tiles, two of them with buildings.
+  The starting model is scored on it before the first step and stays in the running for
+  "best"; if nothing beats it, the starting weights are kept. A smaller slice would be noise
+  (one tile decides), so then every tile trains and the budget is fixed; the before -> after
+  figures are then reported on the labelled tiles themselves, and said to be so.
+* **Predicted IoU that holds here.** Before training, the starting model predicts the new
+  tiles; with the corrections this gives the true IoU of its own pre-annotations. Those
+  samples, added to those of earlier rounds, refit the IoU calibrator
+  (:mod:`rscrisis.calibration`) stored in the new model, which ``predict`` and ``rank`` use.
 
 The new model's metadata lists every batch it learnt from and every labelled tile id, so the
 next ``rank`` leaves those tiles out and the loop can run round after round from a script.
@@ -16,14 +33,14 @@ next ``rank`` leaves those tiles out and the loop can run round after round from
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from rscrisis import __version__
 from rscrisis.batch import BatchLayout
-from rscrisis.config import FinetuneConfig, TrainConfig
+from rscrisis.config import FinetuneConfig
 from rscrisis.errors import InputError, OutputExistsError
 from rscrisis.progress import Progress, no_progress
 
@@ -37,62 +54,272 @@ class FinetuneResult:
     replay_tiles: int
     batches: list[dict] = field(default_factory=list)
     train: dict = field(default_factory=dict)
+    check: dict = field(default_factory=dict)
+    improved: bool | None = None
+    warning: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _replay_subsets(
-    sources: list[Path], budget: int, exclude: set[str], work: Path, seed: int
-) -> tuple[list[Path], int]:
-    """Seeded sample of at most ``budget`` labelled tiles from ``sources`` (hard-linked)."""
-    from rscrisis.tileset import read_index, write_subset
-
-    pools = []
-    for src in sources:
-        index = read_index(src)
-        if "mask" in index:
-            index = index[index["mask"].notna()]
-        ids = [t for t in index.tile_id if t not in exclude]
-        pools.extend((src, t) for t in ids)
-    if not pools or budget <= 0:
-        return [], 0
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(pools), size=min(budget, len(pools)), replace=False)
-    by_source: dict[Path, list[str]] = {}
-    for i in sorted(pick):
-        src, t = pools[i]
-        by_source.setdefault(src, []).append(t)
-    subsets = []
-    for n, (src, ids) in enumerate(by_source.items()):
-        subsets.append(write_subset(src, work / f"replay-{n}", ids, overwrite=True))
-    return subsets, len(pick)
+def pretraining_tilesets(training: dict) -> list[str]:
+    """The tile sets a model's lineage was (pre)trained on, before any fine-tuning."""
+    if "pretraining_tilesets" in training:
+        return list(training["pretraining_tilesets"])
+    if "finetune" not in training:
+        return [str(Path(t).resolve()) for t in training.get("tilesets", [])]
+    return []
 
 
-def finetune_train_config(meta, config: FinetuneConfig) -> TrainConfig:
-    """The training configuration of a fine-tuning run from a model with metadata ``meta``."""
-    base_lr = meta.training.get("config", {}).get("lr", TrainConfig().lr)
-    return TrainConfig(
-        encoder=meta.encoder,
-        epochs=config.epochs,
+def _replay_sources(meta, config: FinetuneConfig, extra: list[Path]) -> list[Path]:
+    sources = [Path(r) for r in config.replay] + list(extra)
+    for rec in meta.training.get("batches", []):
+        if Path(rec["labels"]).exists():
+            sources.append(Path(rec["labels"]))
+        else:
+            log.warning("earlier batch labels %s are gone; not replayed", rec["labels"])
+    if config.replay_pretraining:
+        for t in pretraining_tilesets(meta.training):
+            if (Path(t) / "index.gpkg").exists():
+                sources.append(Path(t))
+            else:
+                log.info("pretraining tile set %s is not on disk; not replayed", t)
+    unique: dict[str, Path] = {}
+    for s in sources:
+        unique.setdefault(str(s.resolve()), s)
+    return list(unique.values())
+
+
+def measure_samples(model_path: Path, tilesets: list[Path], threads: int | None) -> list[dict]:
+    """Calibration samples: the model's statistics and the true IoU of its prediction on each
+    labelled tile (rscrisis.calibration)."""
+    from rscrisis.calibration import FEATURES
+    from rscrisis.config import PredictConfig
+    from rscrisis.evaluation import evaluate
+
+    ev = evaluate(model_path, tilesets, config=PredictConfig(threads=threads, batch_size=16))
+    keys = ("tile_id", *FEATURES, "true_iou", "has_buildings")
+    return [{k: r[k] for k in keys} for r in ev.per_tile]
+
+
+def finetune_tilesets(
+    model_path: str | Path,
+    new_sets: list[Path],
+    out: str | Path,
+    *,
+    config: FinetuneConfig,
+    samples: list[dict] | None = None,
+    extra_replay: list[Path] = (),
+    extra_training_meta: dict | None = None,
+    overwrite: bool = False,
+    progress: Progress = no_progress,
+) -> FinetuneResult:
+    """Adapt ``model_path`` to the labelled tile sets ``new_sets`` (see the module docstring).
+
+    ``samples`` are the calibration samples of the new tiles (measured here with the starting
+    model when None: right when it made the batch, as in ``finetune``; ``simulate`` passes the
+    samples of the model that chose the tiles).
+    """
+    import torch
+
+    from rscrisis.calibration import fit, merge_samples
+    from rscrisis.data import TileDataset, augmentation, load_tiles, spatial_split
+    from rscrisis.model import check_bands, load_model, save_model
+    from rscrisis.outputs import write_json_atomic
+    from rscrisis.training import (
+        StepPlan,
+        _freeze,
+        _transfer,
+        fit_steps,
+        resolve_device,
+        seed_everything,
+        sidecar,
+    )
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise InputError("the model file name must end in .safetensors", path=out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(
+            "exists", path=out, hint="pass --overwrite to replace it or choose another --out"
+        )
+    seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    model, meta = load_model(model_path)
+    table = load_tiles(new_sets, need_masks=True)
+    check_bands(meta, table.band_count, new_sets[0])
+    frame = table.frame.reset_index(drop=True)
+    new_ids = set(frame.tile_id)
+    if samples is None:
+        samples = measure_samples(Path(model_path), new_sets, config.threads)
+    has = {s["tile_id"]: bool(s["has_buildings"]) for s in samples}
+    if not set(has) >= new_ids:  # samples from elsewhere: measure what the masks say
+        for s in measure_samples(Path(model_path), new_sets, config.threads):
+            has.setdefault(s["tile_id"], bool(s["has_buildings"]))
+    has_buildings = np.array([has[t] for t in frame.tile_id])
+
+    # the held-out slice, only when it can be trusted (module docstring)
+    train_idx, val_idx = np.arange(len(frame)), np.array([], int)
+    if config.val_fraction > 0 and len(frame) > 1:
+        t_idx, v_idx, _ = spatial_split(frame, config.val_fraction, 1, config.seed)
+        if len(v_idx) >= config.min_val_tiles and has_buildings[v_idx].sum() >= 2:
+            train_idx, val_idx = t_idx, v_idx
+    trusted = len(val_idx) > 0
+    if trusted:
+        check_idx, check_on = val_idx, "held-out slice"
+    else:
+        check_idx = train_idx
+        check_on = (
+            f"the labelled tiles themselves (training data: a held-out slice needs at least "
+            f"{config.min_val_tiles} tiles, two with buildings)"
+        )
+
+    replay_sources = _replay_sources(meta, config, list(extra_replay))
+    replay_ds, n_replay_tiles = None, 0
+    if replay_sources and config.replay_ratio > 0:
+        rtable = load_tiles(replay_sources, need_masks=True)
+        check_bands(meta, rtable.band_count, replay_sources[0])
+        rframe = rtable.frame[~rtable.frame.tile_id.isin(new_ids)]
+        n_replay_tiles = len(rframe)
+        if n_replay_tiles:
+            replay_ds = TileDataset(
+                rframe.image_path,
+                rframe.mask_path,
+                meta.mean,
+                meta.std,
+                rtable.dtype,
+                augment=augmentation(config.seed + 1) if config.augment else None,
+            )
+
+    def dataset(idx, aug):
+        rows = frame.iloc[idx]
+        return TileDataset(
+            rows.image_path,
+            rows.mask_path,
+            meta.mean,
+            meta.std,
+            table.dtype,
+            augment=augmentation(config.seed) if aug else None,
+        )
+
+    if config.transfer != "all":
+        model = _transfer(model, meta, config.transfer)
+    model.to(device)
+    frozen = _freeze(model, config)
+    base_lr = meta.training.get("config", {}).get("lr", 1e-3)
+    plan = StepPlan(
+        steps=config.steps,
         batch_size=config.batch_size,
         lr=base_lr * config.lr_scale,
-        val_fraction=config.val_fraction,
-        block_tiles=1,
+        replay_ratio=config.replay_ratio,
+        max_empty_share=config.max_empty_share,
+        ema=config.ema,
+        eval_every=config.eval_every,
         iou_loss_weight=config.iou_loss_weight,
-        threshold=meta.threshold,
-        patience=config.patience,
-        seed=config.seed,
-        device=config.device,
         augment=config.augment,
-        freeze_encoder=config.freeze_encoder,
-        freeze_stages=config.freeze_stages,
-        transfer=config.transfer,
-        freeze_transferred=config.freeze_transferred,
-        freeze_norm=config.freeze_norm and config.transfer == "all",
-        threads=config.threads,
-        max_minutes=config.max_minutes,
+        seed=config.seed,
     )
+    fitted = fit_steps(
+        model,
+        meta,
+        dataset(train_idx, config.augment),
+        has_buildings[train_idx],
+        plan,
+        frozen=frozen,
+        freeze_norm=config.freeze_norm and config.transfer == "all",
+        replay=replay_ds,
+        check=dataset(check_idx, False),
+        select_on_check=trusted,
+        device=device,
+        tile_size=table.tile_size,
+        progress=progress,
+    )
+
+    before, after = fitted.before.get("val_iou"), fitted.after.get("val_iou")
+    improved = None if before is None or after is None else bool(after > before)
+    warning = None
+    if trusted and fitted.chosen == "start":
+        warning = (
+            f"fine-tuning did not beat the starting model on the held-out slice "
+            f"({len(val_idx)} tiles, IoU {before:.3f}): the starting weights were kept"
+        )
+    elif improved is False:
+        warning = (
+            f"the new model is not better on {check_on} (IoU {before:.3f} -> {after:.3f}): "
+            "check the corrections"
+        )
+    if warning:
+        log.warning(warning)
+
+    all_samples = merge_samples(meta.training.get("calibration_samples", []), samples)
+    calibrator = fit(all_samples, meta.threshold) if config.calibrate else None
+    check = {
+        "on": check_on,
+        "tiles": len(check_idx),
+        "trusted": trusted,
+        "before": fitted.before,
+        "after": fitted.after,
+        "chosen": fitted.chosen,
+    }
+    previous = dict(meta.training)
+    meta.history = list(meta.history) + fitted.history
+    meta.training = {
+        "tilesets": [str(t) for t in new_sets],
+        "config": {**previous.get("config", {}), "lr": base_lr},
+        "init": str(model_path),
+        "pretraining_tilesets": pretraining_tilesets(previous),
+        "labelled_tiles": sorted(set(previous.get("labelled_tiles", [])) | new_ids),
+        "batches": list(previous.get("batches", [])),
+        "finetune": {
+            "config": config.model_dump(mode="json"),
+            "from_model": str(model_path),
+            "new_tiles": len(new_ids),
+            "train_tiles": len(train_idx),
+            "replay_tiles": n_replay_tiles,
+            "replay_sources": [str(s) for s in replay_sources],
+            "new_draws": fitted.new_draws,
+            "replay_draws": fitted.replay_draws,
+            "check": check,
+        },
+        "calibration_samples": all_samples,
+        "iou_calibrator": None if calibrator is None else calibrator.to_dict(),
+        "rscrisis_version": __version__,
+        **(extra_training_meta or {}),
+        "previous": {k: v for k, v in previous.items() if k != "calibration_samples"},
+    }
+    if calibrator is None:
+        meta.training.pop("iou_calibrator")
+    save_model(model, meta, out)
+    result = FinetuneResult(
+        model=str(out),
+        new_tiles=len(new_ids),
+        replay_tiles=n_replay_tiles,
+        train={
+            "steps": config.steps,
+            "train_tiles": len(train_idx),
+            "val_tiles": len(val_idx),
+            "images_per_s": fitted.images_per_s,
+            "history": fitted.history,
+            "device": str(device),
+        },
+        check=check,
+        improved=improved,
+        warning=warning,
+    )
+    write_json_atomic(
+        sidecar(out, ".finetune.json"),
+        {
+            "kind": "rscrisis.finetune",
+            "rscrisis_version": __version__,
+            "model": str(model_path),
+            "tilesets": [str(t) for t in new_sets],
+            "config": config.model_dump(mode="json"),
+            "result": result.to_dict(),
+        },
+    )
+    return result
 
 
 def finetune(
@@ -109,7 +336,6 @@ def finetune(
     from rscrisis.ingest import ingest
     from rscrisis.model import read_meta
     from rscrisis.tileset import read_index
-    from rscrisis.training import sidecar, train
 
     config = config or FinetuneConfig()
     out = Path(out)
@@ -150,43 +376,15 @@ def finetune(
         for rec in meta.training.get("batches", [])
         if rec.get("batch") not in {r["batch"] for r in batch_records}
     ]
-    replay_sources = [Path(r) for r in config.replay]
-    for rec in earlier:
-        if Path(rec["labels"]).exists():
-            replay_sources.append(Path(rec["labels"]))
-        else:
-            log.warning("earlier batch labels %s are gone; not replayed", rec["labels"])
-    work = sidecar(out, ".replay")
-    budget = round(len(new_ids) * config.replay_ratio)
-    replay_sets, n_replay = _replay_subsets(replay_sources, budget, new_ids, work, config.seed)
-    train_config = finetune_train_config(meta, config)
     labelled = sorted(set(meta.training.get("labelled_tiles", [])) | new_ids)
-    try:
-        result = train(
-            new_sets + replay_sets,
-            out,
-            config=train_config,
-            init=model_path,
-            overwrite=overwrite,
-            progress=progress,
-            extra_training_meta={
-                "finetune": {
-                    "config": config.model_dump(mode="json"),
-                    "from_model": str(model_path),
-                    "new_tiles": len(new_ids),
-                    "replay_tiles": n_replay,
-                    "replay_sources": [str(s) for s in replay_sources],
-                },
-                "batches": earlier + batch_records,
-                "labelled_tiles": labelled,
-            },
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return FinetuneResult(
-        model=str(out),
-        new_tiles=len(new_ids),
-        replay_tiles=n_replay,
-        batches=[r.to_dict() for r in reports],
-        train=result.to_dict(),
+    result = finetune_tilesets(
+        model_path,
+        new_sets,
+        out,
+        config=config,
+        overwrite=overwrite,
+        progress=progress,
+        extra_training_meta={"batches": earlier + batch_records, "labelled_tiles": labelled},
     )
+    result.batches = [r.to_dict() for r in reports]
+    return result

@@ -12,8 +12,11 @@ A prediction set (DESIGN.md) is a folder::
 Per-tile statistics (valid pixels only): ``pred_iou`` (the IoU head), ``mean_entropy`` (binary
 entropy in bits), ``mean_margin`` (mean |2p - 1|), ``soft_iou`` (training-free expected IoU
 E[intersection] / E[union] of the thresholded mask under the model's own probabilities),
-``building_fraction`` (predicted), ``valid_fraction``; with ``mc_samples`` > 0 also ``bald``
-(mutual information between prediction and weights, by MC dropout) and ``mc_agreement`` (mean
+``building_fraction`` (predicted), ``valid_fraction``, ``mean_prob`` and ``max_prob`` (the
+highest probability on the tile), ``p_buildings`` (the tile holds any building) and
+``calibrated_iou`` (the expected IoU with blank predictions handled, from the IoU calibrator
+that ``finetune`` refits on corrected tiles, or its prior; rscrisis.calibration); with
+``mc_samples`` > 0 also ``bald`` (mutual information between prediction and weights, by MC dropout) and ``mc_agreement`` (mean
 pairwise IoU between the thresholded samples); with ``tta`` the probabilities average the 8
 flips/rotations and ``tta_agreement`` / ``tta_spread`` measure how much those views disagree.
 
@@ -34,6 +37,7 @@ import rasterio
 import torch
 
 from rscrisis import __version__
+from rscrisis.calibration import FEATURES, IoUCalibrator
 from rscrisis.config import PredictConfig
 from rscrisis.data import TileDataset, load_tiles
 from rscrisis.errors import InputError
@@ -105,6 +109,8 @@ def run_model(
             "soft_iou": stats4[:, 2],
             "building_fraction": stats4[:, 3],
             "valid_fraction": valid.flatten(1).float().mean(1),
+            "mean_prob": stats4[:, 0],
+            "max_prob": (prob * valid).flatten(1).amax(1),
         }
         if out.agreement is not None:
             stats["tta_agreement"] = out.agreement
@@ -276,6 +282,12 @@ def predict_tiles(
         emb_tmp.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - t0
+    calibrator = model_calibrator(meta)
+    if rows:
+        stats = {k: np.array([r[k] for r in rows]) for k in FEATURES}
+        for k, v in calibrator.apply(stats).items():
+            for r, value in zip(rows, v.tolist(), strict=True):
+                r[k] = value
     scores = gpd.GeoDataFrame(rows, geometry="geometry", crs=frame.crs)
     with atomic_path(out / SCORES) as tmp:
         scores.to_file(tmp, layer=SCORES_LAYER, driver="GPKG", engine="pyogrio")
@@ -304,6 +316,11 @@ def predict_tiles(
         },
     )
     return result
+
+
+def model_calibrator(meta: ModelMeta) -> IoUCalibrator:
+    """The IoU calibrator a model carries (fitted by finetune), or the prior without one."""
+    return IoUCalibrator.from_dict(meta.training.get("iou_calibrator"), meta.threshold)
 
 
 def model_summary(meta: ModelMeta) -> dict:

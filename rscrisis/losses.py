@@ -92,6 +92,12 @@ def segmentation_loss(
     elif options.loss not in LOSSES:
         raise ValueError(f"unknown loss {options.loss!r}")
     pw = prob * w
+    positives = (target * w).sum()
+    if positives <= 0:
+        # Dice is degenerate on a batch without a building pixel: its only minimum is "no
+        # building anywhere", pursued with a force that does not shrink as the probabilities
+        # do. Such a batch (fields, water) is left to the pixel-wise term, which is bounded.
+        return ce
     inter = (pw * target).sum()
-    dice = 1 - (2 * inter + 1.0) / (pw.sum() + (target * w).sum() + 1.0)
+    dice = 1 - (2 * inter + 1.0) / (pw.sum() + positives + 1.0)
     return ce + dice

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 FORMULAS: dict[str, str] = {
-    "entropy-iou": "H / max(H) x (1 - pred_iou): uncertain AND probably wrong (default)",
+    "entropy-iou": "H / max(H) x (1 - calibrated_iou): uncertain AND probably wrong (default)",
     "entropy": "H = mean binary entropy of the probabilities (bits)",
     "margin": "1 - mean |2p - 1|: probabilities close to the threshold",
-    "iou": "1 - pred_iou: the IoU head expects a poor prediction",
+    "iou": "1 - calibrated_iou: the (calibrated) IoU head expects a poor prediction",
     "soft-iou": "1 - soft_iou: training-free expected error (no IoU head needed)",
     "bald": "mutual information by MC dropout (needs predict --mc-samples)",
     "random": "uniform random, seeded: the baseline every formula must beat",
@@ -55,6 +55,10 @@ def priority(formula: str, scores, seed: int = 0) -> tuple[np.ndarray, dict[str,
         rand = np.random.default_rng(seed).random(n)
         return rand, {"random": rand}
     col = {k: scores[k].to_numpy(dtype=np.float64) for k in REQUIRED[formula]}
+    if "pred_iou" in col and "calibrated_iou" in scores:
+        # the head's value recalibrated on corrected tiles, blank predictions handled
+        # (rscrisis.calibration); older prediction sets have only pred_iou
+        col["pred_iou"] = scores["calibrated_iou"].to_numpy(dtype=np.float64)
     if formula == "entropy-iou":
         h = col["mean_entropy"]
         h_norm = h / h.max() if n and h.max() > 0 else np.zeros_like(h)

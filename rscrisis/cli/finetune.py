@@ -41,11 +41,12 @@ def finetune_command(
     repair: Annotated[bool, typer.Option("--repair", help=describe(F, "repair"))] = default(
         F, "repair"
     ),
-    epochs: Annotated[int, typer.Option(help=describe(F, "epochs"))] = default(F, "epochs"),
+    steps: Annotated[int, typer.Option(help=describe(F, "steps"))] = default(F, "steps"),
     batch_size: Annotated[int, typer.Option(help=describe(F, "batch_size"))] = default(
         F, "batch_size"
     ),
     lr_scale: Annotated[float, typer.Option(help=describe(F, "lr_scale"))] = default(F, "lr_scale"),
+    ema: Annotated[float, typer.Option(help=describe(F, "ema"))] = default(F, "ema"),
     freeze_encoder: Annotated[
         bool, typer.Option("--freeze-encoder", help=describe(F, "freeze_encoder"))
     ] = default(F, "freeze_encoder"),
@@ -67,11 +68,33 @@ def finetune_command(
     replay_ratio: Annotated[float, typer.Option(help=describe(F, "replay_ratio"))] = default(
         F, "replay_ratio"
     ),
+    replay_pretraining: Annotated[
+        bool,
+        typer.Option(
+            "--replay-pretraining/--no-replay-pretraining", help=describe(F, "replay_pretraining")
+        ),
+    ] = default(F, "replay_pretraining"),
+    max_empty_share: Annotated[
+        float, typer.Option(help=describe(F, "max_empty_share"))
+    ] = default(F, "max_empty_share"),
     val_fraction: Annotated[float, typer.Option(help=describe(F, "val_fraction"))] = default(
         F, "val_fraction"
     ),
-    patience: Annotated[int, typer.Option(help=describe(F, "patience"))] = default(F, "patience"),
-    max_minutes: Annotated[float | None, typer.Option(help=describe(F, "max_minutes"))] = None,
+    min_val_tiles: Annotated[int, typer.Option(help=describe(F, "min_val_tiles"))] = default(
+        F, "min_val_tiles"
+    ),
+    eval_every: Annotated[int, typer.Option(help=describe(F, "eval_every"))] = default(
+        F, "eval_every"
+    ),
+    iou_loss_weight: Annotated[
+        float, typer.Option(help=describe(F, "iou_loss_weight"))
+    ] = default(F, "iou_loss_weight"),
+    augment: Annotated[
+        bool, typer.Option("--augment/--no-augment", help=describe(F, "augment"))
+    ] = default(F, "augment"),
+    calibrate: Annotated[
+        bool, typer.Option("--calibrate/--no-calibrate", help=describe(F, "calibrate"))
+    ] = default(F, "calibrate"),
     device: DeviceOpt = default(F, "device"),
     threads: Threads = None,
     seed: Seed = default(F, "seed"),
@@ -91,9 +114,10 @@ def finetune_command(
     level = verbosity(ctx, verbose, quiet)
     config = resolve(
         FinetuneConfig,
-        epochs=epochs,
+        steps=steps,
         batch_size=batch_size,
         lr_scale=lr_scale,
+        ema=ema,
         freeze_encoder=freeze_encoder,
         freeze_stages=freeze_stages,
         transfer=getattr(transfer, "value", transfer),
@@ -101,9 +125,14 @@ def finetune_command(
         freeze_norm=freeze_norm,
         replay=tuple(str(r) for r in replay or ()),
         replay_ratio=replay_ratio,
+        replay_pretraining=replay_pretraining,
+        max_empty_share=max_empty_share,
         val_fraction=val_fraction,
-        patience=patience,
-        max_minutes=max_minutes,
+        min_val_tiles=min_val_tiles,
+        eval_every=eval_every,
+        iou_loss_weight=iou_loss_weight,
+        augment=augment,
+        calibrate=calibrate,
         device=device,
         threads=threads,
         seed=seed,
@@ -122,9 +151,12 @@ def finetune_command(
     if json_output:
         print_json(result.to_dict())
     refused = sum(len(b["refused"]) for b in result.batches)
-    best = result.train.get("best", {})
+    check = result.check
+    before = check.get("before", {}).get("val_iou", float("nan"))
+    after = check.get("after", {}).get("val_iou", float("nan"))
     say(
         f"model {out}: learnt from {result.new_tiles} corrected tiles (+{result.replay_tiles} "
-        f"replayed; {refused} task(s) not done), val IoU {best.get('val_iou', float('nan')):.3f}",
+        f"replay tiles; {refused} task(s) not done) in {result.train['steps']} steps; IoU on "
+        f"{check.get('on', '?')}: {before:.3f} -> {after:.3f} ({check.get('chosen')})",
         level,
     )
