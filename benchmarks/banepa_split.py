@@ -54,3 +54,27 @@ def make_split(
     if not (work / "oracle" / "index.gpkg").exists():
         write_subset(work / "clean", work / "oracle", oracle_ids, overwrite=True)
     return Split(work / "pretrain", work / "oracle", len(pre_ids), len(oracle_ids))
+
+
+def pretrained_model(work: Path, split: Split, minutes: float = 7.0) -> Path:
+    """The robust pretrained model of the split (``rscrisis pretrain`` defaults, ``minutes`` on
+    the CPU), shared by the benchmarks through their --workdir."""
+    from rscrisis.config import PretrainConfig
+    from rscrisis.training import train
+
+    model = work / "pretrained-robust.safetensors"
+    if not model.exists():
+        train(
+            [split.pretrain],
+            model,
+            config=PretrainConfig(
+                epochs=200,
+                patience=1000,
+                lr=2e-3,
+                max_minutes=minutes,
+                val_fraction=0.15,
+                block_tiles=2,
+            ),
+            overwrite=True,
+        )
+    return model

@@ -16,9 +16,10 @@ E[intersection] / E[union] of the thresholded mask under the model's own probabi
 highest probability on the tile), ``p_buildings`` (the tile holds any building) and
 ``calibrated_iou`` (the expected IoU with blank predictions handled, from the IoU calibrator
 that ``finetune`` refits on corrected tiles, or its prior; rscrisis.calibration); with
-``mc_samples`` > 0 also ``bald`` (mutual information between prediction and weights, by MC dropout) and ``mc_agreement`` (mean
-pairwise IoU between the thresholded samples); with ``tta`` the probabilities average the 8
-flips/rotations and ``tta_agreement`` / ``tta_spread`` measure how much those views disagree.
+``mc_samples`` > 0 also ``bald`` (mutual information between prediction and weights, by MC
+dropout) and ``mc_agreement`` (mean pairwise IoU between the thresholded samples); with
+``tta`` the probabilities average the 8 flips/rotations and ``tta_agreement`` /
+``tta_spread`` measure how much those views disagree.
 
 Memory is constant in the number of tiles: tiles stream through in batches, probabilities are
 written as they come, embeddings go to a memory-mapped ``.npy``.

@@ -728,8 +728,7 @@ def fit_steps(
                 if select_on_check and row.get("val_iou", -math.inf) > best_score:
                     best_score = row["val_iou"]
                     best_state = {
-                        k: v.detach().clone()
-                        for k, v in (state or model.state_dict()).items()
+                        k: v.detach().clone() for k, v in (state or model.state_dict()).items()
                     }
                     chosen = f"step {step + 1}"
             history.append(row)

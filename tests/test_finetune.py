@@ -81,13 +81,17 @@ def test_edit_finetune_record_and_exclude(batch, tiny_model, tiny_tiles, tmp_pat
         tiny_model,
         [batch],
         out,
-        config=FinetuneConfig(epochs=1, batch_size=2, threads=1, replay=(str(tiny_tiles),)),
+        config=FinetuneConfig(steps=2, batch_size=2, threads=1, replay=(str(tiny_tiles),)),
     )
     report = result.batches[0]
     assert report["taken"] == [t.task for t in tasks] and report["refused"] == []
     assert report["sources"][tasks[0].task] == "buildings.gpkg"
     assert report["sources"][tasks[2].task] == "buildings.geojson"
-    assert result.new_tiles == 3 and result.replay_tiles == 3
+    # replay: the --replay set (here also the model's own training set), less the new tiles
+    assert result.new_tiles == 3 and result.replay_tiles == 16 - 3
+    assert result.check["before"] and result.check["after"]  # scored before and after
+    assert result.check["trusted"] is False  # 3 tiles: no held-out slice to trust
+    assert "labelled tiles themselves" in result.check["on"]
     with rasterio.open(batch / "labels" / "masks" / f"{tasks[0].tile_id}.tif") as ds:
         mask = ds.read(1)
         with rasterio.open(batch / "tasks" / tasks[0].task / "image.tif") as img:
@@ -160,7 +164,7 @@ def test_malformed_corrections_exit_2_and_change_nothing(
     damage(batch, task)
     _set_status(batch, ["done", "done"])
     out = tmp_path / "ft.safetensors"
-    r = invoke("finetune", tiny_model, batch, "--out", out, "--epochs", "1", "--threads", "1")
+    r = invoke("finetune", tiny_model, batch, "--out", out, "--steps", "1", "--threads", "1")
     assert r.exit_code == 2, r.stderr
     assert needle in r.stderr.lower() and r.stderr.count("\n") == 1
     assert task in r.stderr
@@ -175,7 +179,7 @@ def test_repair_fixes_invalid_polygons(batch, tiny_model, tmp_path):
         tiny_model,
         [batch],
         tmp_path / "ft.safetensors",
-        config=FinetuneConfig(epochs=1, threads=1, repair=True, replay_ratio=0),
+        config=FinetuneConfig(steps=1, threads=1, repair=True, replay_ratio=0),
     )
     assert result.batches[0]["repaired"] == 1
     assert [r["reason"] for r in result.batches[0]["refused"]] == ["status todo"] * 2

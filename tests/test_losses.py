@@ -68,3 +68,14 @@ def test_edge_band_marks_both_sides_of_an_outline():
     assert band[2, 2] and band[1, 3] and band[3, 1]  # on the outline, outside, inside
     assert not band[3, 3] and not band[4, 4] and not band[0, 0]  # deep inside, far outside
     assert not band[0, 7] and not band[7, 0]
+
+
+def test_a_batch_without_buildings_gets_no_dice_pull_to_nothing():
+    """Dice on an all-empty target is minimised only by predicting nothing anywhere, with a
+    pull that does not fade; such a batch keeps just the bounded pixel-wise term."""
+    logits = torch.tensor([[[[2.0, -1.0]]]], requires_grad=True)
+    empty = torch.zeros(1, 1, 2, dtype=torch.uint8)
+    p = torch.sigmoid(logits.detach()).flatten()
+    bce = -(torch.log(1 - p[0]) + torch.log(1 - p[1])) / 2
+    got = segmentation_loss(logits, empty, empty != 255)
+    assert float(got.detach()) == pytest.approx(float(bce), rel=1e-6)

@@ -74,9 +74,9 @@ def finetune_command(
             "--replay-pretraining/--no-replay-pretraining", help=describe(F, "replay_pretraining")
         ),
     ] = default(F, "replay_pretraining"),
-    max_empty_share: Annotated[
-        float, typer.Option(help=describe(F, "max_empty_share"))
-    ] = default(F, "max_empty_share"),
+    max_empty_share: Annotated[float, typer.Option(help=describe(F, "max_empty_share"))] = default(
+        F, "max_empty_share"
+    ),
     val_fraction: Annotated[float, typer.Option(help=describe(F, "val_fraction"))] = default(
         F, "val_fraction"
     ),
@@ -86,9 +86,9 @@ def finetune_command(
     eval_every: Annotated[int, typer.Option(help=describe(F, "eval_every"))] = default(
         F, "eval_every"
     ),
-    iou_loss_weight: Annotated[
-        float, typer.Option(help=describe(F, "iou_loss_weight"))
-    ] = default(F, "iou_loss_weight"),
+    iou_loss_weight: Annotated[float, typer.Option(help=describe(F, "iou_loss_weight"))] = default(
+        F, "iou_loss_weight"
+    ),
     augment: Annotated[
         bool, typer.Option("--augment/--no-augment", help=describe(F, "augment"))
     ] = default(F, "augment"),

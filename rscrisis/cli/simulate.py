@@ -60,7 +60,16 @@ def simulate_command(
     mc_samples: Annotated[int, typer.Option(help=describe(S, "mc_samples"))] = default(
         S, "mc_samples"
     ),
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per round.")] = 10,
+    ceiling: Annotated[
+        bool, typer.Option("--ceiling/--no-ceiling", help=describe(S, "ceiling"))
+    ] = default(S, "ceiling"),
+    steps: Annotated[
+        int, typer.Option(help="Fine-tuning each round: " + describe(F, "steps"))
+    ] = default(F, "steps"),
+    ema: Annotated[float, typer.Option(help=describe(F, "ema"))] = default(F, "ema"),
+    replay_ratio: Annotated[float, typer.Option(help=describe(F, "replay_ratio"))] = default(
+        F, "replay_ratio"
+    ),
     lr_scale: Annotated[float, typer.Option(help=describe(F, "lr_scale"))] = default(F, "lr_scale"),
     freeze_stages: Annotated[int, typer.Option(help=describe(F, "freeze_stages"))] = default(
         F, "freeze_stages"
@@ -91,13 +100,14 @@ def simulate_command(
         raise typer.BadParameter(f"expected integers, got {seeds!r}", param_hint="--seeds") from exc
     finetune = resolve(
         FinetuneConfig,
-        epochs=epochs,
+        steps=steps,
+        ema=ema,
+        replay_ratio=replay_ratio,
         lr_scale=lr_scale,
         freeze_stages=freeze_stages,
         batch_size=batch_size,
         threads=threads,
         val_fraction=0.0,
-        patience=10_000,
     )
     config = resolve(
         SimulateConfig,
@@ -111,6 +121,7 @@ def simulate_command(
         block_tiles=block_tiles,
         spatial=spatial,
         mc_samples=mc_samples,
+        ceiling=ceiling,
         finetune=finetune,
     )
     with progress_bar("simulating", enabled=level >= 0) as progress:
@@ -125,11 +136,25 @@ def simulate_command(
         )
     if json_output:
         print_json(result.to_dict())
-    best = max(result.summary, key=lambda r: r["auc_mean"]) if result.summary else None
-    say(
-        f"simulation in {out}: {result.runs} rounds run; best area under the curve: "
-        f"{best['formula']} ({best['auc_mean']:.3f})"
-        if best
-        else f"simulation in {out}",
-        level,
-    )
+    frame = []
+    if result.start:
+        frame.append(f"start {result.start['test_iou']:.3f} at 0 labels")
+    if result.ceiling:
+        frame.append(
+            f"ceiling {result.ceiling['test_iou']:.3f} at {result.ceiling['labelled']} labels"
+        )
+    lines = [f"simulation in {out}: {result.runs} rounds run; " + ", ".join(frame)]
+    for r in result.summary:
+        last = max((k for k in r if k.startswith("iou_at_")), key=lambda k: int(k[7:]))
+        gap = r.get("gap_closed_" + last[4:])
+        lines.append(
+            f"  {r['formula']}: AUC {r['auc_mean']:.3f} ± {r['auc_std']:.3f}, IoU {r[last]:.3f} "
+            f"at {last[7:]} labels"
+            + (f" ({gap:.0%} of the gap)" if gap is not None else "")
+            + (
+                f", beats random in {r['beats_random_seeds']} seeds"
+                if "beats_random_seeds" in r
+                else ""
+            )
+        )
+    say("\n".join(lines), level)
