@@ -57,9 +57,7 @@ def test_fixed_budget_mixes_replay_at_the_ratio_and_reports_before_after(tiny_mo
     model, meta = load_model(tiny_model)
     new, check, frame = _datasets(tiny_tiles, meta)
     plan = StepPlan(steps=4, batch_size=4, lr=1e-4, replay_ratio=1.0, ema=0.9, eval_every=2)
-    fit = fit_steps(
-        model, meta, new, np.ones(len(frame), bool), plan, replay=check, check=check
-    )
+    fit = fit_steps(model, meta, new, np.ones(len(frame), bool), plan, replay=check, check=check)
     assert (fit.new_draws, fit.replay_draws) == (8, 8)  # 2 new + 2 replayed per step
     assert fit.chosen == "final" and [h["step"] for h in fit.history] == [2, 4]
     assert "val_iou" in fit.before and "val_iou" in fit.after
