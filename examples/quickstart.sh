@@ -51,4 +51,8 @@ mkdir -p "$OUT"
     --overwrite --json > "$OUT/eval-b-01.json"
 "$RS" rank "$OUT/pred-b-01" --top 6 --out "$OUT/batch-02" --overwrite
 
+# 9. The round must have made the model better on area B (CI runs this script: it fails if the
+#    pixel IoU did not rise by at least 0.05).
+"$PY" examples/check_round.py "$OUT/eval-b.json" "$OUT/eval-b-01.json" --margin 0.05
+
 echo "quickstart done: see $OUT (open the .gpkg files and map-b/*.tif in QGIS)" >&2
