@@ -328,6 +328,9 @@ def model_summary(meta: ModelMeta) -> dict:
     """What ``rscrisis info`` prints (history shortened to its best and last epochs)."""
     d = asdict(meta)
     hist = d.pop("history")
+    samples = d["training"].pop("calibration_samples", None)
+    if samples is not None:  # one row per corrected tile: a count is what a reader needs
+        d["training"]["calibration_samples"] = len(samples)
     d["epochs_trained"] = len(hist)
     d["last_epoch"] = hist[-1] if hist else None
     return d

@@ -193,3 +193,38 @@ def test_status_problems_exit_2(batch, tiny_model, tmp_path, invoke, statuses, n
     r = invoke("finetune", tiny_model, batch, "--out", tmp_path / "ft.safetensors")
     assert r.exit_code == 2 and needle in r.stderr.lower()
     assert not (batch / "labels").exists()
+
+
+@pytest.mark.slow
+def test_a_trusted_slice_scores_the_start_first_and_keeps_the_best(
+    tiny_model, tiny_tiles, tmp_path
+):
+    from rscrisis.finetune import finetune_tilesets
+
+    out = tmp_path / "ft.safetensors"
+    config = FinetuneConfig(
+        steps=4, eval_every=2, batch_size=4, threads=1, val_fraction=0.5, min_val_tiles=4
+    )
+    result = finetune_tilesets(tiny_model, [tiny_tiles], out, config=config)
+    check = result.check
+    assert check["trusted"] and check["on"] == "held-out slice" and check["tiles"] >= 4
+    # the start is in the running: what is kept is never worse than the start on the slice
+    assert check["after"]["val_iou"] >= check["before"]["val_iou"]
+    assert (check["chosen"] == "start") == (result.warning is not None)
+    meta = read_meta(out)
+    assert meta.training["finetune"]["check"] == check
+    # one calibration sample per new tile, measured with the starting model before training
+    assert len(meta.training["calibration_samples"]) == 16
+    assert meta.training["iou_calibrator"]["samples"] == 16
+    assert meta.training["pretraining_tilesets"] == [str(tiny_tiles.resolve())]
+    assert (tmp_path / "ft.finetune.json").exists()
+
+
+@pytest.mark.slow
+def test_a_slice_too_small_to_trust_is_not_used(tiny_model, tiny_tiles, tmp_path):
+    from rscrisis.finetune import finetune_tilesets
+
+    config = FinetuneConfig(steps=2, batch_size=4, threads=1, val_fraction=0.1, min_val_tiles=4)
+    result = finetune_tilesets(tiny_model, [tiny_tiles], tmp_path / "ft.safetensors", config=config)
+    assert not result.check["trusted"] and result.check["chosen"] == "final"
+    assert result.train["train_tiles"] == 16  # the would-be slice trains too
