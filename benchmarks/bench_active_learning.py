@@ -12,9 +12,10 @@ by side, one thread each, sharing the pretrained model through --workdir):
    labelled only with its OSM footprints made noisier (``rscrisis noise`` defaults); south of a
    one-tile gap, the oracle area. ``rscrisis pretrain`` on the pretraining area (7 minutes).
 2. The oracle tile set: ``banepa``: the oracle area, cut by ``rscrisis simulate --split band``
-   into a pool and a test band south of it; ``fair``: Kampala and Catanduanes (aligned OSM
-   outlines, other roofs, other light), tiled at the model's 0.25 m, cut into random 2 x 2
-   blocks of test tiles with a one-tile buffer.
+   into a pool and a test band south of it; ``fair``: Kampala, Catanduanes and Nairobi (other
+   roofs, other light; Nairobi's outlines sit about 2 m off, real label noise, in the pool and
+   in the test tiles alike), tiled at the model's 0.25 m, cut into random 2 x 2 blocks of test
+   tiles with a one-tile buffer.
 3. ``rscrisis simulate`` with its defaults for everything that ``finetune`` does (step budget,
    replay of the pretraining tiles, EMA, calibration): the starting model (0 labels), a seed
    batch of 4 random tiles, 4 rounds of 4 tiles (20 labelled tiles), random against rank's
@@ -39,7 +40,24 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 FAIR = HERE.parent.parent / "shared" / "data" / "fair"
-FAIR_TOWNS = ("kampala", "catanduanes")
+FAIR_TOWNS = ("kampala", "catanduanes", "nairobi")
+
+
+def fair_scenes(work: Path, towns: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
+    """The towns' scenes under unique names (every town has a cluster1.tif, and tile ids are
+    made from scene names): copies in ``work`` (links would be resolved to the original name),
+    and their label files."""
+    links = work / "fair-scenes"
+    links.mkdir(parents=True, exist_ok=True)
+    scenes = []
+    for town in towns:
+        for src in sorted((FAIR / town).glob("cluster*.tif")):
+            link = links / f"{town}_{src.name}"
+            if not link.exists():
+                shutil.copy(src, link)
+            scenes.append(link)
+    labels = [p for t in towns for p in sorted((FAIR / t).glob("cluster*.geojson"))]
+    return scenes, labels
 
 
 def fair_tileset(work: Path, resolution: float, size: int) -> Path:
@@ -49,8 +67,7 @@ def fair_tileset(work: Path, resolution: float, size: int) -> Path:
 
     out = work / "fair-oracle"
     if not (out / "index.gpkg").exists():
-        scenes = [p for t in FAIR_TOWNS for p in sorted((FAIR / t).glob("cluster*.tif"))]
-        labels = [p for t in FAIR_TOWNS for p in sorted((FAIR / t).glob("cluster*.geojson"))]
+        scenes, labels = fair_scenes(work, FAIR_TOWNS)
         tile(
             scenes,
             out,

@@ -9,7 +9,7 @@ Directions (a model trained on the source, scored on labelled target tiles):
 
 * synthetic A -> B: pretrained on area A's noisy labels, on area B's true footprints;
 * Banepa -> fair: the Banepa pretrained model of bench_active_learning.py (share --workdir),
-  on Kampala and Catanduanes;
+  on the fAIr towns (Kampala, Catanduanes, Nairobi);
 * fair -> Banepa ("and back"): pretrained on Kampala, Catanduanes and Nairobi for the same
   minutes, on the Banepa oracle area.
 
@@ -65,7 +65,7 @@ def _sample_data_model(work: Path) -> tuple[Path, Path]:
 
 
 def _fair_model(work: Path, minutes: float) -> Path:
-    from bench_active_learning import FAIR
+    from bench_active_learning import fair_scenes
 
     from rscrisis.config import PretrainConfig, TileConfig
     from rscrisis.tiling import tile
@@ -73,11 +73,11 @@ def _fair_model(work: Path, minutes: float) -> Path:
 
     tiles = work / "fair-all"
     if not (tiles / "index.gpkg").exists():
-        towns = ("kampala", "catanduanes", "nairobi")
+        scenes, labels = fair_scenes(work, ("kampala", "catanduanes", "nairobi"))
         tile(
-            [p for t in towns for p in sorted((FAIR / t).glob("cluster*.tif"))],
+            scenes,
             tiles,
-            labels=[p for t in towns for p in sorted((FAIR / t).glob("cluster*.geojson"))],
+            labels=labels,
             config=TileConfig(size=128, resolution=0.25, min_valid=0.5),
             overwrite=True,
         )

@@ -362,8 +362,15 @@ def train(
         device=str(device),
         planned_epochs=config.epochs,
     )
+    resolved = [str(Path(t).resolve()) for t in tilesets]
     train_meta = {
         "tilesets": [str(t) for t in tilesets],
+        # what finetune replays so a few new tiles do not wipe out what was learnt here
+        "pretraining_tilesets": (
+            resolved
+            if init is None
+            else list(dict.fromkeys(training_before.get("pretraining_tilesets", []) + resolved))
+        ),
         "config": config.model_dump(mode="json"),
         "init": None if init is None else str(init),
         "train_tiles": len(train_idx),
