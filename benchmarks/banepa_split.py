@@ -56,16 +56,15 @@ def make_split(
     return Split(work / "pretrain", work / "oracle", len(pre_ids), len(oracle_ids))
 
 
-def pretrained_model(work: Path, split: Split, minutes: float = 7.0) -> Path:
-    """The robust pretrained model of the split (``rscrisis pretrain`` defaults, ``minutes`` on
-    the CPU), shared by the benchmarks through their --workdir."""
+def pretrain_robust(tileset: Path, model: Path, minutes: float) -> Path:
+    """``rscrisis pretrain`` defaults on ``tileset`` for ``minutes`` of CPU wall time (skipped
+    when ``model`` exists): the pretrained models the benchmarks share through --workdir."""
     from rscrisis.config import PretrainConfig
     from rscrisis.training import train
 
-    model = work / "pretrained-robust.safetensors"
     if not model.exists():
         train(
-            [split.pretrain],
+            [tileset],
             model,
             config=PretrainConfig(
                 epochs=200,
@@ -78,3 +77,8 @@ def pretrained_model(work: Path, split: Split, minutes: float = 7.0) -> Path:
             overwrite=True,
         )
     return model
+
+
+def pretrained_model(work: Path, split: Split, minutes: float = 7.0) -> Path:
+    """The robust pretrained model of the split, on its pretraining area."""
+    return pretrain_robust(split.pretrain, work / "pretrained-robust.safetensors", minutes)

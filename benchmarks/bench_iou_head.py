@@ -65,11 +65,11 @@ def _sample_data_model(work: Path) -> tuple[Path, Path]:
 
 
 def _fair_model(work: Path, minutes: float) -> Path:
+    from banepa_split import pretrain_robust
     from bench_active_learning import fair_scenes
 
-    from rscrisis.config import PretrainConfig, TileConfig
+    from rscrisis.config import TileConfig
     from rscrisis.tiling import tile
-    from rscrisis.training import train
 
     tiles = work / "fair-all"
     if not (tiles / "index.gpkg").exists():
@@ -81,22 +81,7 @@ def _fair_model(work: Path, minutes: float) -> Path:
             config=TileConfig(size=128, resolution=0.25, min_valid=0.5),
             overwrite=True,
         )
-    model = work / "fair-pretrained.safetensors"
-    if not model.exists():
-        train(
-            [tiles],
-            model,
-            config=PretrainConfig(
-                epochs=200,
-                patience=1000,
-                lr=2e-3,
-                max_minutes=minutes,
-                val_fraction=0.15,
-                block_tiles=2,
-            ),
-            overwrite=True,
-        )
-    return model
+    return pretrain_robust(tiles, work / "fair-pretrained.safetensors", minutes)
 
 
 def score_direction(name: str, model: Path, target: Path, k: int, seeds: int) -> list[dict]:

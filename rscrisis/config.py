@@ -393,6 +393,11 @@ class FinetuneConfig(_Config):
     )
     seed: int = Field(0, description="random seed (runs are deterministic on CPU)")
     device: DeviceName = Field("auto", description="auto picks cuda when available")
+    precision: PrecisionName = Field(
+        "auto",
+        description="auto: bf16 autocast on CUDA GPUs and on CPUs with native bf16 "
+        "(AVX512-BF16, AMX), fp32 elsewhere",
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
     repair: bool = Field(False, description="repair invalid corrected polygons instead of refusing")
 

@@ -62,6 +62,17 @@ class FinetuneResult:
         return asdict(self)
 
 
+def _check_out(out: str | Path, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise InputError("the model file name must end in .safetensors", path=out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(
+            "exists", path=out, hint="pass --overwrite to replace it or choose another --out"
+        )
+    return out
+
+
 def pretraining_tilesets(training: dict) -> list[str]:
     """The tile sets a model's lineage was (pre)trained on, before any fine-tuning."""
     if "pretraining_tilesets" in training:
@@ -136,13 +147,7 @@ def finetune_tilesets(
         sidecar,
     )
 
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise InputError("the model file name must end in .safetensors", path=out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            "exists", path=out, hint="pass --overwrite to replace it or choose another --out"
-        )
+    out = _check_out(out, overwrite)
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -220,6 +225,7 @@ def finetune_tilesets(
         iou_loss_weight=config.iou_loss_weight,
         augment=config.augment,
         seed=config.seed,
+        precision=config.precision,
     )
     fitted = fit_steps(
         model,
@@ -250,6 +256,13 @@ def finetune_tilesets(
             f"the new model is not better on {check_on} (IoU {before:.3f} -> {after:.3f}): "
             "check the corrections"
         )
+    if not has_buildings.any():
+        empty_note = (
+            f"none of the {len(new_ids)} new tiles holds a building: the model can only learn "
+            "what is not a building here (replay keeps what it knew); label tiles with "
+            "buildings next"
+        )
+        warning = f"{warning}; {empty_note}" if warning else empty_note
     if warning:
         log.warning(warning)
 
@@ -338,13 +351,7 @@ def finetune(
     from rscrisis.tileset import read_index
 
     config = config or FinetuneConfig()
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise InputError("the model file name must end in .safetensors", path=out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            "exists", path=out, hint="pass --overwrite to replace it or choose another --out"
-        )
+    _check_out(out, overwrite)  # before anything is written
     meta = read_meta(model_path)
     batches = [Path(b) for b in batches]
     # read first: a clear error for a folder that is not a batch, before anything is written

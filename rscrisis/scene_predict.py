@@ -466,7 +466,7 @@ def predict_scene(
 
     from rscrisis.model import load_model
     from rscrisis.pipeline import BackgroundConsumer, Prefetcher
-    from rscrisis.training import inference_dtype, resolve_device
+    from rscrisis.training import fast_dtype, resolve_device
     from rscrisis.tta import D4, IDENTITY
 
     config = config or SceneConfig()
@@ -481,7 +481,7 @@ def predict_scene(
     model.eval()
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    amp = inference_dtype(device, config.precision)
+    amp = fast_dtype(device, config.precision)
     views = D4 if config.tta else IDENTITY
     mean = np.asarray(meta.mean, np.float32)[:, None, None]
     std = np.asarray(meta.std, np.float32)[:, None, None]
