@@ -146,6 +146,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8, help="labelled tiles of the fitted calibrator")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--pretrain-minutes", type=float, default=7.0)
+    parser.add_argument(
+        "--no-back", action="store_true", help="skip fair -> Banepa (it pretrains a model)"
+    )
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
     import pandas as pd
@@ -161,8 +164,9 @@ def main() -> None:
         if FAIR.exists():
             fair = fair_tileset(work, 0.25, 128)
             rows += score_direction("Banepa -> fair", banepa_model, fair, args.k, args.seeds)
-            back = _fair_model(work, args.pretrain_minutes)
-            rows += score_direction("fair -> Banepa", back, split.oracle, args.k, args.seeds)
+            if not args.no_back:
+                back = _fair_model(work, args.pretrain_minutes)
+                rows += score_direction("fair -> Banepa", back, split.oracle, args.k, args.seeds)
     frame = pd.DataFrame(rows)
     table = (
         frame.groupby(["direction", "estimate"], sort=False)
