@@ -20,10 +20,11 @@ from rscrisis.cli.options import (
     default,
     describe,
 )
-from rscrisis.config import FinetuneConfig, TransferName
+from rscrisis.config import FinetuneConfig, PrecisionName, TransferName
 
 F = FinetuneConfig
 TransferChoice = choice_enum("TransferChoice", TransferName)
+PrecisionChoice = choice_enum("PrecisionChoice", PrecisionName)
 
 
 def finetune_command(
@@ -96,6 +97,9 @@ def finetune_command(
         bool, typer.Option("--calibrate/--no-calibrate", help=describe(F, "calibrate"))
     ] = default(F, "calibrate"),
     device: DeviceOpt = default(F, "device"),
+    precision: Annotated[PrecisionChoice, typer.Option(help=describe(F, "precision"))] = default(
+        F, "precision"
+    ),
     threads: Threads = None,
     seed: Seed = default(F, "seed"),
     overwrite: Overwrite = False,
@@ -134,6 +138,7 @@ def finetune_command(
         augment=augment,
         calibrate=calibrate,
         device=device,
+        precision=getattr(precision, "value", precision),
         threads=threads,
         seed=seed,
         repair=repair,
