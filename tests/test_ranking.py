@@ -134,3 +134,13 @@ def test_kmeans_finds_separated_clusters():
     labels = kmeans(emb, 3, seed=0)
     assert len(set(labels)) == 3
     assert all(len(set(labels[k * 10 : (k + 1) * 10])) == 1 for k in range(3))
+
+
+def test_iou_formulas_use_the_calibrated_iou_when_the_prediction_set_has_it():
+    """A blank prediction on an empty field (calibrated IoU high) is not annotated first."""
+    stats = STATS.assign(calibrated_iou=[0.95, 0.90, 0.30, 0.50])  # t0: a blank empty field
+    score, parts = priority("iou", stats)
+    assert list(IDS[order(score, IDS)]) == ["t2", "t3", "t1", "t0"]
+    score, parts = priority("entropy-iou", stats)
+    assert parts["expected_error"] == pytest.approx([0.05, 0.10, 0.70, 0.50])
+    assert list(IDS[order(score, IDS)])[0] == "t3"
