@@ -13,10 +13,10 @@ Per-tile statistics (valid pixels only): ``pred_iou`` (the IoU head), ``mean_ent
 entropy in bits), ``mean_margin`` (mean |2p - 1|), ``soft_iou`` (training-free expected IoU
 E[intersection] / E[union] of the thresholded mask under the model's own probabilities),
 ``building_fraction`` (predicted), ``valid_fraction``, ``mean_prob`` and ``max_prob`` (the
-highest probability on the tile), ``p_buildings`` (the tile holds any building) and
-``calibrated_iou`` (the expected IoU with blank predictions handled, from the IoU calibrator
-that ``finetune`` refits on corrected tiles, or its prior; rscrisis.calibration); with
-``mc_samples`` > 0 also ``bald`` (mutual information between prediction and weights, by MC
+highest probability on the tile), ``p_buildings`` (the tile holds a building) and
+``calibrated_iou`` (the expected IoU, blank predictions handled: the IoU calibrator that
+``finetune`` refits on corrected tiles, the head itself without one; rscrisis.calibration);
+with ``mc_samples`` > 0 also ``bald`` (mutual information between prediction and weights, by MC
 dropout) and ``mc_agreement`` (mean pairwise IoU between the thresholded samples); with
 ``tta`` the probabilities average the 8 flips/rotations and ``tta_agreement`` /
 ``tta_spread`` measure how much those views disagree.

@@ -143,4 +143,4 @@ def test_iou_formulas_use_the_calibrated_iou_when_the_prediction_set_has_it():
     assert list(IDS[order(score, IDS)]) == ["t2", "t3", "t1", "t0"]
     score, parts = priority("entropy-iou", stats)
     assert parts["expected_error"] == pytest.approx([0.05, 0.10, 0.70, 0.50])
-    assert list(IDS[order(score, IDS)])[0] == "t3"
+    assert IDS[order(score, IDS)][0] == "t3"
