@@ -122,7 +122,8 @@ def checks(report: dict, setting: str) -> list[tuple[str, bool, str]]:
         )
     if setting == "fair":
         rho = report.get("pool_rank_correlation", {}).get("entropy-iou+coreset", {})
-        first = sorted(rho)[2] if len(rho) > 2 else None  # 0 labels, seed batch, round 1
+        budgets = sorted(rho, key=int)  # JSON keys are strings: "12" < "4"
+        first = budgets[2] if len(budgets) > 2 else None  # 0 labels, seed batch, round 1
         if first is not None:
             value = rho[first].get("pool_rho_calibrated_iou")
             out.append(
