@@ -2,11 +2,13 @@
 and across domains (pretrained on Banepa, adapting to the fAIr towns).
 
 Run on demand (not a test); needs ../shared/data/banepa (and ../shared/data/fair for
-``--setting fair``). Each setting takes about 45 minutes on 2 CPU cores (the two can run side
-by side, one thread each, sharing the pretrained model through --workdir):
+``--setting fair``). The two settings share the pretrained model through --workdir; run side
+by side on 2 CPU cores, one thread each, they took 81 and 82 minutes (7 more to pretrain):
 
-    .venv/bin/python benchmarks/bench_active_learning.py --setting banepa --workdir /tmp/al
-    .venv/bin/python benchmarks/bench_active_learning.py --setting fair --workdir /tmp/al
+    .venv/bin/python benchmarks/bench_active_learning.py --setting banepa --workdir /tmp/al \
+        --threads 1 &
+    .venv/bin/python benchmarks/bench_active_learning.py --setting fair --workdir /tmp/al \
+        --threads 1
 
 1. Split (banepa_split.py): the northern 45 % of the Banepa mosaic is the pretraining area,
    labelled only with its OSM footprints made noisier (``rscrisis noise`` defaults); south of a
