@@ -223,7 +223,6 @@ def finetune_tilesets(
         ema=config.ema,
         eval_every=config.eval_every,
         iou_loss_weight=config.iou_loss_weight,
-        augment=config.augment,
         seed=config.seed,
         precision=config.precision,
     )

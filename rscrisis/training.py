@@ -554,7 +554,6 @@ class StepPlan:
     ema: float = 0.0
     eval_every: int = 25
     iou_loss_weight: float = 0.5
-    augment: bool = True
     seed: int = 0
     precision: str = "auto"
 
