@@ -138,6 +138,33 @@ def checks(report: dict, setting: str) -> list[tuple[str, bool, str]]:
     return out
 
 
+def adaptation_checks(base_curves: Path, adapted_curves: Path) -> list[dict]:
+    """Per formula: does the adapted curve lie at or above the non-adapted one at every budget
+    (0 labels, the seed batch, every round, the ceiling), seed by seed?"""
+    import pandas as pd
+
+    base, adapted = pd.read_csv(base_curves), pd.read_csv(adapted_curves)
+    keys = ["formula", "seed", "labelled"]
+    both = base.merge(adapted, on=keys, suffixes=("_base", "_adapted"))
+    out = []
+    for formula, g in both.groupby("formula"):
+        per_seed = {
+            int(seed): bool((s.test_iou_adapted >= s.test_iou_base).all())
+            for seed, s in g.groupby("seed")
+        }
+        gain = g.groupby("labelled").apply(
+            lambda x: round(100 * float((x.test_iou_adapted - x.test_iou_base).mean()), 1)
+        )
+        out.append(
+            {
+                "formula": formula,
+                "seeds_at_or_above_everywhere": f"{sum(per_seed.values())}/{len(per_seed)}",
+                "mean_gain_points_by_labels": {int(k): v for k, v in gain.items()},
+            }
+        )
+    return out
+
+
 def main() -> None:
     from banepa_split import BANEPA, make_split, pretrained_model
 
@@ -153,6 +180,12 @@ def main() -> None:
     parser.add_argument("--formulas", default="random,entropy-iou+coreset")
     parser.add_argument("--steps", type=int, default=None, help="default: finetune's")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--adapt",
+        default=None,
+        help="adapt the pretrained model to the pool's imagery first (rscrisis adapt methods, "
+        "comma-separated); compared with the run without in the same --workdir when present",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--resume", action="store_true", help="continue a killed run in --workdir")
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -164,7 +197,7 @@ def main() -> None:
 
     import tempfile
 
-    from rscrisis.config import FinetuneConfig, SimulateConfig
+    from rscrisis.config import AdaptConfig, FinetuneConfig, SimulateConfig
     from rscrisis.simulation import simulate
 
     t0 = time.perf_counter()
@@ -194,8 +227,10 @@ def main() -> None:
         split=split_kind,
         block_tiles=2,
         finetune=FinetuneConfig(**ft),
+        adapt=AdaptConfig(methods=tuple(args.adapt.split(","))) if args.adapt else None,
     )
-    sim = work / f"simulation-{args.setting}"
+    suffix = f"-adapt-{args.adapt.replace(',', '+')}" if args.adapt else ""
+    sim = work / f"simulation-{args.setting}{suffix}"
 
     def progress(done: int, total: int, text: str = "") -> None:
         print(f"[{done}/{total}] {text}", file=sys.stderr, flush=True)
@@ -236,12 +271,23 @@ def main() -> None:
     verdicts = checks(report, args.setting)
     for what, ok, figures in verdicts:
         print(f"[{'PASS' if ok else 'FAIL'}] {what}: {figures}")
+    adapted = []
+    base = work / f"simulation-{args.setting}" / "curves.csv"
+    if args.adapt and base.exists():
+        adapted = adaptation_checks(base, sim / "curves.csv")
+        print(f"adapted ({args.adapt}) against not adapted, from the same seeds:")
+        for a in adapted:
+            print(
+                f"  {a['formula']}: at or above at every budget in "
+                f"{a['seeds_at_or_above_everywhere']} seeds; mean gain (points) by labels "
+                f"{a['mean_gain_points_by_labels']}"
+            )
     print(
         f"pretraining {t_pre / 60:.1f} min, total {minutes:.1f} min",
         file=sys.stderr,
     )
     args.results.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_active_learning_{args.setting}"
+    stem = f"bench_active_learning_{args.setting}{suffix}"
     shutil.copy(sim / "summary.csv", args.results / f"{stem}.csv")
     shutil.copy(sim / "curves.csv", args.results / f"{stem}_curves.csv")
     shutil.copy(sim / "curves.png", args.results / f"{stem}.png")
@@ -250,6 +296,7 @@ def main() -> None:
             {
                 **report,
                 "checks": [{"what": w, "holds": ok, "figures": f} for w, ok, f in verdicts],
+                "adaptation": adapted,
                 "pretrain_tiles": split.pretrain_tiles,
                 "minutes_total": round(minutes, 1),
                 "minutes_pretraining": round(t_pre / 60, 1),

@@ -402,6 +402,82 @@ class FinetuneConfig(_Config):
     repair: bool = Field(False, description="repair invalid corrected polygons instead of refusing")
 
 
+AdaptMethod = Literal["adabn", "selftrain", "simsiam"]
+#: The order adaptations run in when several are asked for: the encoder's self-supervised
+#: features first, then batch-norm statistics of the new area, then pseudo-labels made by the
+#: adapted model (training them keeps those statistics frozen).
+ADAPT_ORDER: tuple[str, ...] = ("simsiam", "adabn", "selftrain")
+
+
+class AdaptConfig(_Config):
+    """How ``rscrisis adapt`` adapts a model to a new area's unlabelled tiles; see
+    rscrisis.adaptation for the methods and README for the measurements behind the defaults."""
+
+    methods: tuple[AdaptMethod, ...] = Field(
+        ("adabn",),
+        description="adaptations to apply (run in the order simsiam, adabn, selftrain)",
+    )
+    adabn_passes: int = Field(
+        2, ge=1, description="adabn: passes over the tiles (each through a random D4 view)"
+    )
+    adabn_weight: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="adabn: share of the new area's statistics in the result (the rest is "
+        "the model's own); below 1 trades zero-label IoU for an IoU estimate that keeps more "
+        "of its ranking",
+    )
+    steps: int = Field(
+        200,
+        ge=1,
+        description="selftrain and simsiam: optimisation steps, each a batch drawn "
+        "with replacement",
+    )
+    batch_size: int = Field(8, ge=2, description="selftrain and simsiam: tiles per step")
+    lr_scale: float = Field(
+        0.3, gt=0, description="learning rate = this x the model's training learning rate"
+    )
+    ema: float = Field(0.98, ge=0, lt=1, description="weight averaging decay per step (0: off)")
+    confidence: float = Field(
+        0.9,
+        gt=0.5,
+        lt=1.0,
+        description="selftrain: a pixel is a pseudo-label when the mean probability over the 8 "
+        "D4 views is at least this (building) or at most 1 - this (background)",
+    )
+    max_spread: float = Field(
+        0.1,
+        gt=0,
+        le=0.5,
+        description="selftrain: and the views' probabilities differ by at most this (std)",
+    )
+    replay_ratio: float = Field(
+        1.0,
+        ge=0,
+        description="labelled tiles of the model's pretraining (when on disk) per new tile in "
+        "each step: they keep the decoder and heads anchored to real labels",
+    )
+    seed: int = Field(0, description="random seed (runs are deterministic on CPU)")
+    device: DeviceName = Field("auto", description="auto picks cuda when available")
+    precision: PrecisionName = Field(
+        "auto", description="auto: bf16 autocast where the hardware runs it natively"
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
+
+    @model_validator(mode="after")
+    def _methods_once(self) -> AdaptConfig:
+        if not self.methods:
+            raise ValueError("name at least one adaptation method")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("an adaptation method is listed twice")
+        return self
+
+    @property
+    def ordered(self) -> tuple[str, ...]:
+        return tuple(m for m in ADAPT_ORDER if m in self.methods)
+
+
 SplitName = Literal["blocks", "band"]
 
 
@@ -438,6 +514,11 @@ class SimulateConfig(_Config):
         True, description="also fine-tune on every pool tile: the ceiling of the labels"
     )
     mc_samples: int = Field(0, ge=0, description="MC-dropout samples at prediction (for bald)")
+    adapt: AdaptConfig | None = Field(
+        None,
+        description="adapt the starting model to the pool's unlabelled tiles first (as "
+        "rscrisis adapt does); every curve, the start and the ceiling then use the adapted model",
+    )
 
     @model_validator(mode="after")
     def _known_formulas(self) -> SimulateConfig:

@@ -264,6 +264,16 @@ class TileDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def set_masks(self, masks: Sequence[np.ndarray]) -> None:
+        """Use these (H, W) uint8 masks (255 = ignore) instead of mask files, e.g. pseudo-labels
+        made in memory; the images are read now and kept."""
+        if len(masks) != len(self.images):
+            raise ValueError(f"{len(masks)} masks for {len(self.images)} tiles")
+        self._cache = {}
+        for i, mask in enumerate(masks):
+            image, valid, _ = read_tile(self.images[i], None)
+            self._cache[i] = (image, valid, np.where(valid, mask, MASK_IGNORE).astype(np.uint8))
+
     def _load(self, i: int):
         if self._cache is not None and i in self._cache:
             return self._cache[i]

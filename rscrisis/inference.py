@@ -41,8 +41,7 @@ from rscrisis import __version__
 from rscrisis.calibration import FEATURES, IoUCalibrator
 from rscrisis.config import PredictConfig
 from rscrisis.data import TileDataset, load_tiles
-from rscrisis.errors import InputError
-from rscrisis.model import BuildingSegmenter, ModelMeta, check_bands, load_model, prob_stats
+from rscrisis.model import BuildingSegmenter, ModelMeta, check_tiles, load_model, prob_stats
 from rscrisis.outputs import atomic_path, guard_output_dir, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 from rscrisis.raster_io import one_band_profile
@@ -161,21 +160,7 @@ def prepare(
     device = resolve_device(device_name)
     model, meta = load_model(model_path, device)
     table = load_tiles(tilesets, need_masks=need_masks)
-    check_bands(meta, table.band_count, tilesets[0])
-    if table.tile_size % 32:
-        raise InputError(
-            f"tiles are {table.tile_size} px; the U-Net needs a multiple of 32",
-            path=tilesets[0],
-            hint="re-tile with --size 256 (or 128, 512, ...)",
-        )
-    if meta.gsd_m and table.gsd_m and not 0.75 < table.gsd_m / meta.gsd_m < 1.33:
-        log.warning(
-            "tiles are at %.2f m but the model was trained at %.2f m; re-tile with "
-            "--resolution %.2f for best results",
-            table.gsd_m,
-            meta.gsd_m,
-            meta.gsd_m,
-        )
+    check_tiles(meta, table, tilesets[0])
     frame = table.frame
     dataset = TileDataset(
         frame.image_path,

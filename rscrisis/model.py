@@ -20,6 +20,7 @@ model file from a stranger cannot run code.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from torch import nn
 from rscrisis import __version__
 from rscrisis.errors import InputError
 from rscrisis.outputs import atomic_path
+
+log = logging.getLogger(__name__)
 
 FORMAT = "rscrisis.model/1"
 ARCHITECTURE = "unet+iou-head"
@@ -244,6 +247,27 @@ def check_bands(meta: ModelMeta, band_count: int, source: str | Path) -> None:
             f"has {band_count} band(s) but the model expects {meta.in_channels}",
             path=source,
             hint="tile the imagery with --bands matching the model (see rscrisis info MODEL)",
+        )
+
+
+def check_tiles(meta: ModelMeta, table, source: str | Path) -> None:
+    """Refuse a tile table (rscrisis.data.TileTable) the model cannot run on: another band
+    count, or tiles that are not a multiple of 32 px (the U-Net's 5 halvings); warn when their
+    ground resolution is far from the model's."""
+    check_bands(meta, table.band_count, source)
+    if table.tile_size % 32:
+        raise InputError(
+            f"tiles are {table.tile_size} px; the U-Net needs a multiple of 32",
+            path=source,
+            hint="re-tile with --size 256 (or 128, 512, ...)",
+        )
+    if meta.gsd_m and table.gsd_m and not 0.75 < table.gsd_m / meta.gsd_m < 1.33:
+        log.warning(
+            "tiles are at %.2f m but the model was trained at %.2f m; re-tile with "
+            "--resolution %.2f for best results",
+            table.gsd_m,
+            meta.gsd_m,
+            meta.gsd_m,
         )
 
 

@@ -16,6 +16,10 @@ On a fully labelled tile set:
    tiles with buildings);
 5. the *ceiling*: the starting model fine-tuned on every pool tile, the same way.
 
+With ``adapt`` (``--adapt METHOD``), the starting model is first adapted to the pool's imagery
+(:mod:`rscrisis.adaptation`, labels unused) and the adapted model takes its place everywhere;
+run twice, with and without, from the same seeds to compare.
+
 Fine-tuning is ``rscrisis.finetune.finetune_tilesets``, exactly what ``finetune`` runs (step
 budget, replay, class balance, IoU calibrator refitted on the revealed tiles, with the
 statistics of the model that chose them). Fine-tuning from the starting model each round (not
@@ -173,6 +177,23 @@ def _finetune_on(
         samples=samples,
         overwrite=True,
     )
+    return model
+
+
+def _adapted(start: Path, pool: Path, work: Path, config: SimulateConfig) -> Path:
+    """The starting model adapted to the pool's imagery (labels unused), made once: a resumed
+    run reuses it (the fingerprint guarantees the same settings)."""
+    from rscrisis.adaptation import adapt
+
+    model = work / "model.safetensors"
+    if not model.exists():
+        adapt(
+            start,
+            [pool],
+            model,
+            config=config.adapt.model_copy(update={"threads": config.finetune.threads}),
+            overwrite=True,
+        )
     return model
 
 
@@ -562,6 +583,9 @@ def simulate(
         if pred is None or not (pred / "oracle.csv").exists():  # gone (or never made)
             pred = _predict_pool(model, pool, chain_dir / "pred", config, seed)
         return pred
+
+    if config.adapt is not None:
+        start = _adapted(start, pool, work / "adapted", config)
 
     # 0 labelled tiles: the starting model itself, shared by every seed and formula
     start_chain = state.chain(-1, START)

@@ -593,6 +593,12 @@ def _fit_to(item, size: int, rng: np.random.Generator):
     return x, mask, valid
 
 
+def stack_items(items, device: torch.device | None = None):
+    """Dataset items [(x, mask, valid), ...] -> batched (x, mask, valid) on ``device``."""
+    x, mask, valid = (torch.stack([item[k] for item in items]) for k in range(3))
+    return (x, mask, valid) if device is None else (x.to(device), mask.to(device), valid.to(device))
+
+
 def draw_weights(has_buildings: np.ndarray, max_empty_share: float) -> np.ndarray:
     """Sampling probabilities of the new tiles: tiles without any building get at most
     ``max_empty_share`` of the draws when tiles with buildings exist (class balance: a batch
@@ -714,10 +720,7 @@ def fit_steps(
             picks += [replay[int(i)] for i in rng.integers(0, len(replay), size=n_replay)]
         drawn_new += n_new
         drawn_replay += n_replay
-        items = [_fit_to(item, size, rng) for item in picks]
-        x = torch.stack([a for a, _, _ in items]).to(device)
-        mask = torch.stack([b for _, b, _ in items]).to(device)
-        valid = torch.stack([c for _, _, c in items]).to(device)
+        x, mask, valid = stack_items([_fit_to(item, size, rng) for item in picks], device)
         seg_loss, iou_loss = batch_losses(
             model, x, mask, valid, amp, LossOptions(), step / plan.steps, threshold
         )

@@ -97,6 +97,7 @@ def main(
 
 def _register() -> None:
     from rscrisis.cli import (
+        adapt,
         evaluate,
         finetune,
         models,
@@ -114,6 +115,7 @@ def _register() -> None:
     app.command("pretrain", no_args_is_help=True)(train.pretrain_command)
     app.command("predict", no_args_is_help=True)(predict.predict_command)
     app.command("rank", no_args_is_help=True)(rank.rank_command)
+    app.command("adapt", no_args_is_help=True)(adapt.adapt_command)
     app.command("finetune", no_args_is_help=True)(finetune.finetune_command)
     app.command("evaluate", no_args_is_help=True)(evaluate.evaluate_command)
     app.command("info", no_args_is_help=True)(models.info_command)

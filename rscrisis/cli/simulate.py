@@ -20,10 +20,11 @@ from rscrisis.cli.options import (
     default,
     describe,
 )
-from rscrisis.config import FinetuneConfig, SimulateConfig, SplitName
+from rscrisis.config import AdaptConfig, AdaptMethod, FinetuneConfig, SimulateConfig, SplitName
 
 S = SimulateConfig
 SplitChoice = choice_enum("SplitChoice", SplitName)
+MethodChoice = choice_enum("MethodChoice", AdaptMethod)
 F = FinetuneConfig
 
 
@@ -63,6 +64,13 @@ def simulate_command(
     ceiling: Annotated[
         bool, typer.Option("--ceiling/--no-ceiling", help=describe(S, "ceiling"))
     ] = default(S, "ceiling"),
+    adapt: Annotated[
+        list[MethodChoice] | None,
+        typer.Option(
+            help=describe(S, "adapt") + ". Repeat for several methods (rscrisis adapt's "
+            "defaults otherwise)."
+        ),
+    ] = None,
     steps: Annotated[
         int, typer.Option(help="Fine-tuning each round: " + describe(F, "steps"))
     ] = default(F, "steps"),
@@ -123,6 +131,9 @@ def simulate_command(
         mc_samples=mc_samples,
         ceiling=ceiling,
         finetune=finetune,
+        adapt=resolve(AdaptConfig, methods=tuple(getattr(m, "value", m) for m in adapt))
+        if adapt
+        else None,
     )
     with progress_bar("simulating", enabled=level >= 0) as progress:
         result = simulate(
