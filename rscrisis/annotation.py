@@ -89,7 +89,14 @@ def read_prediction_set(root: str | Path) -> PredictionSet:
         if (root / "probability.tif").exists():
             hint = "this is a scene map; rank needs predict on a tile set (tile the scene first)"
         raise InputError(f"is not a prediction set (no {missing[0]})", path=root, hint=hint)
+    from rscrisis.names import check_names
+
     scores = gpd.read_file(root / SCORES, layer=SCORES_LAYER, engine="pyogrio")
+    if "tile_id" not in scores:
+        raise InputError(
+            "has no tile_id column", path=root / SCORES, hint="run predict again with --overwrite"
+        )
+    check_names(scores.tile_id, "tile id", root / SCORES)
     embeddings = np.load(root / EMBEDDINGS, mmap_mode="r")
     if len(embeddings) != len(scores):
         raise InputError(

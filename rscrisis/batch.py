@@ -116,7 +116,9 @@ class BatchLayout:
             )
         with open(self.status, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
-        tasks = []
+        from rscrisis.names import check_names
+
+        tasks, seen = [], set()
         for n, row in enumerate(rows, start=2):
             status = (row.get("status") or "").strip().lower()
             if status not in STATUSES:
@@ -125,11 +127,37 @@ class BatchLayout:
                     path=self.status,
                     hint="mark each task todo, done or skipped",
                 )
+            tile, task = row.get("tile_id"), row.get("task")
+            check_names([tile], "tile id", self.status)
+            check_names([task], "task name", self.status)
+            try:
+                rank = int(row.get("rank") or "")
+            except ValueError:
+                raise InputError(
+                    f"line {n}: rank {row.get('rank')!r} is not a whole number",
+                    path=self.status,
+                    hint="do not edit the task, tile_id and rank columns; restore them from "
+                    "the export",
+                ) from None
+            if task != task_name(rank, tile):
+                raise InputError(
+                    f"line {n}: task {task!r} does not belong to tile {tile!r} at rank {rank}",
+                    path=self.status,
+                    hint="do not edit the task, tile_id and rank columns; restore them from "
+                    "the export",
+                )
+            if task in seen:
+                raise InputError(
+                    f"line {n}: task {task!r} is listed twice",
+                    path=self.status,
+                    hint="keep one row per task",
+                )
+            seen.add(task)
             tasks.append(
                 Task(
-                    task=row["task"],
-                    tile_id=row["tile_id"],
-                    rank=int(row["rank"]),
+                    task=task,
+                    tile_id=tile,
+                    rank=rank,
                     status=status,
                     annotator=(row.get("annotator") or "").strip(),
                     note=(row.get("note") or "").strip(),

@@ -61,8 +61,11 @@ class TileSetLayout:
 
 
 def tile_id(scene_name: str, grid_row: int, grid_col: int) -> str:
-    """Stable, deterministic id: scene name + grid position (row, column of the tile grid)."""
-    return f"{scene_name}_r{grid_row:04d}_c{grid_col:04d}"
+    """Stable, deterministic id: scene name + grid position (row, column of the tile grid).
+    The scene name is mapped into the safe name set (rscrisis.names): ids become file names."""
+    from rscrisis.names import safe_name
+
+    return f"{safe_name(scene_name)[:180]}_r{grid_row:04d}_c{grid_col:04d}"
 
 
 def footprint(transform: Affine, width: int, height: int) -> Polygon:
@@ -83,7 +86,15 @@ def read_index(root: Path):
             else "make one with rscrisis tile"
         )
         raise InputError(f"is not a complete tile set (no {INDEX})", path=root, hint=hint)
-    return gpd.read_file(layout.index, layer=INDEX_LAYER, engine="pyogrio")
+    from rscrisis.names import check_names
+
+    index = gpd.read_file(layout.index, layer=INDEX_LAYER, engine="pyogrio")
+    if "tile_id" not in index:
+        raise InputError(
+            "has no tile_id column", path=layout.index, hint="restore the tile set's index.gpkg"
+        )
+    check_names(index.tile_id, "tile id", layout.index)
+    return index
 
 
 def write_subset(root: Path, out: Path, tile_ids, *, overwrite: bool = False) -> Path:
