@@ -144,15 +144,18 @@ def plan_scene(info: SceneInfo, grid: Grid, config: TileConfig) -> ScenePlan:
 
 
 def _check_consistent(scenes: Sequence[SceneInfo]) -> None:
+    from rscrisis.names import safe_name
+
     names: dict[str, Path] = {}
     for s in scenes:
-        if s.name in names:
+        key = safe_name(s.name)[:180]  # what tile ids are made of (rscrisis.tileset.tile_id)
+        if key in names:
             raise InputError(
-                f"two input scenes share the name {s.name!r} ({names[s.name]} and {s.path}), "
-                "so their tile ids would collide",
+                f"two input scenes share the name {key!r} in tile ids ({names[key]} and "
+                f"{s.path}), so their tile ids would collide",
                 hint="rename one of them or tile them into separate tile sets",
             )
-        names[s.name] = s.path
+        names[key] = s.path
     first = scenes[0]
     for s in scenes[1:]:
         if s.band_count != first.band_count or s.dtype != first.dtype:

@@ -108,3 +108,16 @@ def test_finetune_refuses_a_tampered_status_before_writing(
     assert message in r.output
     assert not out.exists() and not (batch / "labels").exists()
     assert set(tmp_path.rglob("*")) == before
+
+
+def test_tile_maps_scene_names_into_safe_ids_and_refuses_names_that_collide(invoke, tmp_path):
+    from tests.conftest import gradient, write_raster
+
+    a = write_raster(tmp_path / "my scene (2).tif", gradient(3, 64, 64))
+    r = invoke("tile", a, "--out", tmp_path / "tiles", "--size", "32")
+    assert r.exit_code == 0, r.output
+    ids = sorted(p.stem for p in (tmp_path / "tiles" / "images").glob("*.tif"))
+    assert ids[0] == "my_scene_2__r0000_c0000" and all(is_safe(i) for i in ids)
+    b = write_raster(tmp_path / "my_scene_2_.tif", gradient(3, 64, 64))
+    r = invoke("tile", a, b, "--out", tmp_path / "both", "--size", "32")
+    assert r.exit_code == 2 and "would collide" in r.output
