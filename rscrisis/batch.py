@@ -91,7 +91,9 @@ class BatchLayout:
         return self.root / LABELS
 
     def task_dir(self, task: str) -> Path:
-        return self.root / TASKS / task
+        from rscrisis.names import child
+
+        return child(self.root / TASKS, task)
 
     def read_manifest(self) -> dict:
         if not self.manifest.exists():

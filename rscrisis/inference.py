@@ -42,6 +42,7 @@ from rscrisis.calibration import FEATURES, IoUCalibrator
 from rscrisis.config import PredictConfig
 from rscrisis.data import TileDataset, load_tiles
 from rscrisis.model import BuildingSegmenter, ModelMeta, check_tiles, load_model, prob_stats
+from rscrisis.names import child
 from rscrisis.outputs import atomic_path, guard_output_dir, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 from rscrisis.raster_io import one_band_profile
@@ -243,7 +244,7 @@ def predict_tiles(
             for b in range(len(batch.pred_iou)):
                 rec = frame.iloc[i]
                 _write_prob(
-                    out / PROBS / f"{rec.tile_id}.tif",
+                    child(out / PROBS, rec.tile_id, ".tif"),
                     batch.prob[b],
                     batch.valid[b],
                     rec.image_path,

@@ -50,3 +50,11 @@ def check_names(names: Iterable[object], what: str, source: str | Path) -> None:
                 "separators, no '..'); the file was edited or damaged: restore it from the "
                 "original",
             )
+
+
+def child(root: Path, name: str, suffix: str = "") -> Path:
+    """``root / (name + suffix)``, refused unless ``name`` is safe: every path made from a tile
+    id or task name is built here, so none can leave ``root`` even if a reader forgot to check."""
+    if not is_safe(name):
+        check_names([name], "name", root)
+    return Path(root) / f"{name}{suffix}"

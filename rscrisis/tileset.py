@@ -54,10 +54,14 @@ class TileSetLayout:
         return self.root / MANIFEST
 
     def image_path(self, tile_id: str) -> Path:
-        return self.images / f"{tile_id}.tif"
+        from rscrisis.names import child
+
+        return child(self.images, tile_id, ".tif")
 
     def mask_path(self, tile_id: str) -> Path:
-        return self.masks / f"{tile_id}.tif"
+        from rscrisis.names import child
+
+        return child(self.masks, tile_id, ".tif")
 
 
 def tile_id(scene_name: str, grid_row: int, grid_col: int) -> str:

@@ -121,3 +121,19 @@ def test_tile_maps_scene_names_into_safe_ids_and_refuses_names_that_collide(invo
     b = write_raster(tmp_path / "my_scene_2_.tif", gradient(3, 64, 64))
     r = invoke("tile", a, b, "--out", tmp_path / "both", "--size", "32")
     assert r.exit_code == 2 and "would collide" in r.output
+
+
+def test_paths_made_from_names_cannot_leave_their_root(tmp_path):
+    from rscrisis.batch import BatchLayout
+    from rscrisis.errors import InputError
+    from rscrisis.tileset import TileSetLayout
+
+    layout = TileSetLayout(tmp_path)
+    assert layout.image_path("a_r0000_c0000") == tmp_path / "images" / "a_r0000_c0000.tif"
+    for evil in ("../../x", "/abs/x"):
+        with pytest.raises(InputError, match="unsafe name"):
+            layout.image_path(evil)
+        with pytest.raises(InputError, match="unsafe name"):
+            layout.mask_path(evil)
+        with pytest.raises(InputError, match="unsafe name"):
+            BatchLayout(tmp_path).task_dir(evil)
