@@ -70,36 +70,14 @@ class AdaptResult:
         return asdict(self)
 
 
-def _replay_dataset(meta, exclude: set[str], config: AdaptConfig):
-    """The model's own pretraining tiles with their labels (TileDataset), or None."""
-    from rscrisis.data import TileDataset, augmentation, load_tiles
-    from rscrisis.finetune import pretraining_tilesets
+def _unlabelled(table, meta, augment=None):
+    """The new area's tiles (no masks: every valid pixel is unlabelled) as a TileDataset."""
+    from rscrisis.data import TileDataset
 
-    if config.replay_ratio <= 0:
-        return None
-    roots = [Path(t) for t in pretraining_tilesets(meta.training)]
-    present = [r for r in roots if (r / "index.gpkg").exists()]
-    for r in set(roots) - set(present):
-        log.info("pretraining tile set %s is not on disk; not replayed", r)
-    if not present:
-        return None
-    table = load_tiles(present, need_masks=True)
-    frame = table.frame[~table.frame.tile_id.isin(exclude)]
-    if not len(frame):
-        return None
+    frame = table.frame
     return TileDataset(
-        frame.image_path,
-        frame.mask_path,
-        meta.mean,
-        meta.std,
-        table.dtype,
-        augment=augmentation(config.seed + 1),
+        frame.image_path, [None] * len(frame), meta.mean, meta.std, table.dtype, augment=augment
     )
-
-
-def _batches(n: int, size: int):
-    for i in range(0, n, size):
-        yield list(range(i, min(n, i + size)))
 
 
 def _stack(dataset, idx):
@@ -139,9 +117,9 @@ def adabn(
     done = 0
     with torch.no_grad():
         for _ in range(passes):
-            order = rng.permutation(len(dataset))
-            for idx in _batches(len(dataset), BATCH_INFER):
-                x, _, valid = _stack(dataset, [int(order[i]) for i in idx])
+            order = rng.permutation(len(dataset)).tolist()
+            loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH_INFER, sampler=order)
+            for x, _, valid in loader:
                 view = int(rng.integers(0, 8))
                 model(
                     apply_view(x, view).to(device), apply_view(valid, view).unsqueeze(1).to(device)
@@ -172,8 +150,7 @@ def pseudo_labels(model, dataset, config: AdaptConfig, device, amp) -> tuple[lis
     model.eval()
     masks, labelled, positive, total = [], 0, 0, 0
     with torch.no_grad():
-        for idx in _batches(len(dataset), BATCH_INFER):
-            x, _, valid = _stack(dataset, idx)
+        for x, _, valid in torch.utils.data.DataLoader(dataset, batch_size=BATCH_INFER):
             out = forward_views(model, x.to(device), valid.to(device), amp, D4)
             prob, spread, v = out.prob.cpu().numpy(), out.spread.cpu().numpy(), valid.numpy()
             agree = spread <= config.max_spread
@@ -198,28 +175,19 @@ def selftrain(
 ) -> dict:
     """Self-training on confident D4-consistent pseudo-labels (module docstring)."""
     from rscrisis.config import FinetuneConfig
-    from rscrisis.data import TileDataset, augmentation
-    from rscrisis.training import StepPlan, _freeze, fast_dtype, fit_steps
+    from rscrisis.data import augmentation
+    from rscrisis.training import StepPlan, _freeze, fast_dtype, fit_steps, training_lr
 
     amp = fast_dtype(device, config.precision)
-    frame = table.frame
-    plain = TileDataset(frame.image_path, [None] * len(frame), meta.mean, meta.std, table.dtype)
-    masks, coverage = pseudo_labels(model, plain, config, device, amp)
-    new = TileDataset(
-        frame.image_path,
-        [None] * len(frame),
-        meta.mean,
-        meta.std,
-        table.dtype,
-        augment=augmentation(config.seed),
-    )
+    masks, coverage = pseudo_labels(model, _unlabelled(table, meta), config, device, amp)
+    new = _unlabelled(table, meta, augment=augmentation(config.seed))
     new.set_masks(masks)
     has_buildings = np.array([bool((m == 1).any()) for m in masks])
     frozen = _freeze(model, FinetuneConfig())
     plan = StepPlan(
         steps=config.steps,
         batch_size=config.batch_size,
-        lr=meta.training.get("config", {}).get("lr", 1e-3) * config.lr_scale,
+        lr=training_lr(meta) * config.lr_scale,
         replay_ratio=config.replay_ratio,
         ema=config.ema,
         eval_every=config.steps,
@@ -283,7 +251,6 @@ def simsiam(
     from torch.nn.modules.batchnorm import _BatchNorm
 
     from rscrisis.config import FinetuneConfig
-    from rscrisis.data import TileDataset
     from rscrisis.losses import LossOptions
     from rscrisis.training import (
         WarmupCosine,
@@ -293,19 +260,13 @@ def simsiam(
         batch_losses,
         fast_dtype,
         stack_items,
+        training_lr,
     )
 
     amp = fast_dtype(device, config.precision)
     frame, size = table.frame, table.tile_size
     views = [
-        TileDataset(
-            frame.image_path,
-            [None] * len(frame),
-            meta.mean,
-            meta.std,
-            table.dtype,
-            augment=ssl_views(config.seed + k, size, table.band_count),
-        )
+        _unlabelled(table, meta, augment=ssl_views(config.seed + k, size, table.band_count))
         for k in (0, 100)
     ]
     dim = model.embedding_dim
@@ -323,7 +284,7 @@ def simsiam(
         nn.Linear(SIMSIAM_PRED_DIM, SIMSIAM_DIM),
     ).to(device)
     frozen = _freeze(model, FinetuneConfig())
-    lr = meta.training.get("config", {}).get("lr", 1e-3) * config.lr_scale
+    lr = training_lr(meta) * config.lr_scale
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [
@@ -420,8 +381,8 @@ def adapt(
     """Adapt ``model_path`` to the unlabelled tiles of ``tilesets`` into ``out``."""
     import torch
 
-    from rscrisis.data import TileDataset, load_tiles
-    from rscrisis.finetune import _check_out
+    from rscrisis.data import load_tiles
+    from rscrisis.finetune import _check_out, present_pretraining_tilesets, replay_dataset
     from rscrisis.model import check_tiles, load_model, save_model
     from rscrisis.outputs import write_json_atomic
     from rscrisis.training import resolve_device, seed_everything, sidecar
@@ -442,7 +403,10 @@ def adapt(
     frame = table.frame
     ids = set(frame.tile_id)
     needs_replay = any(m in config.methods for m in ("selftrain", "simsiam"))
-    replay = _replay_dataset(meta, ids, config) if needs_replay else None
+    replay = None
+    if needs_replay and config.replay_ratio > 0:
+        sources = present_pretraining_tilesets(meta.training)
+        replay = replay_dataset(sources, meta, ids, config.seed)
     if needs_replay and replay is None and config.replay_ratio > 0:
         log.warning(
             "the model's pretraining tiles are not on disk: %s trains without real labels to "
@@ -453,12 +417,9 @@ def adapt(
     for method in config.ordered:
         t0 = time.perf_counter()
         if method == "adabn":
-            plain = TileDataset(
-                frame.image_path, [None] * len(frame), meta.mean, meta.std, table.dtype
-            )
             info = adabn(
                 model,
-                plain,
+                _unlabelled(table, meta),
                 config.adabn_passes,
                 config.seed,
                 device,

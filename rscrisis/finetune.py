@@ -82,6 +82,40 @@ def pretraining_tilesets(training: dict) -> list[str]:
     return []
 
 
+def present_pretraining_tilesets(training: dict) -> list[Path]:
+    """The (pre)training tile sets of a model's lineage that are still on disk."""
+    present = []
+    for t in pretraining_tilesets(training):
+        if (Path(t) / "index.gpkg").exists():
+            present.append(Path(t))
+        else:
+            log.info("pretraining tile set %s is not on disk; not replayed", t)
+    return present
+
+
+def replay_dataset(sources: list[Path], meta, exclude: set[str], seed: int, augment: bool = True):
+    """The labelled tiles of ``sources`` other than the ``exclude`` ids, as a TileDataset with
+    their own augmentation stream (``seed + 1``); None when there are none."""
+    from rscrisis.data import TileDataset, augmentation, load_tiles
+    from rscrisis.model import check_bands
+
+    if not sources:
+        return None
+    table = load_tiles(sources, need_masks=True)
+    check_bands(meta, table.band_count, sources[0])
+    frame = table.frame[~table.frame.tile_id.isin(exclude)]
+    if not len(frame):
+        return None
+    return TileDataset(
+        frame.image_path,
+        frame.mask_path,
+        meta.mean,
+        meta.std,
+        table.dtype,
+        augment=augmentation(seed + 1) if augment else None,
+    )
+
+
 def _replay_sources(meta, config: FinetuneConfig, extra: list[Path]) -> list[Path]:
     sources = [Path(r) for r in config.replay] + list(extra)
     for rec in meta.training.get("batches", []):
@@ -90,11 +124,7 @@ def _replay_sources(meta, config: FinetuneConfig, extra: list[Path]) -> list[Pat
         else:
             log.warning("earlier batch labels %s are gone; not replayed", rec["labels"])
     if config.replay_pretraining:
-        for t in pretraining_tilesets(meta.training):
-            if (Path(t) / "index.gpkg").exists():
-                sources.append(Path(t))
-            else:
-                log.info("pretraining tile set %s is not on disk; not replayed", t)
+        sources += present_pretraining_tilesets(meta.training)
     unique: dict[str, Path] = {}
     for s in sources:
         unique.setdefault(str(s.resolve()), s)
@@ -145,6 +175,7 @@ def finetune_tilesets(
         resolve_device,
         seed_everything,
         sidecar,
+        training_lr,
     )
 
     out = _check_out(out, overwrite)
@@ -182,21 +213,10 @@ def finetune_tilesets(
         )
 
     replay_sources = _replay_sources(meta, config, list(extra_replay))
-    replay_ds, n_replay_tiles = None, 0
-    if replay_sources and config.replay_ratio > 0:
-        rtable = load_tiles(replay_sources, need_masks=True)
-        check_bands(meta, rtable.band_count, replay_sources[0])
-        rframe = rtable.frame[~rtable.frame.tile_id.isin(new_ids)]
-        n_replay_tiles = len(rframe)
-        if n_replay_tiles:
-            replay_ds = TileDataset(
-                rframe.image_path,
-                rframe.mask_path,
-                meta.mean,
-                meta.std,
-                rtable.dtype,
-                augment=augmentation(config.seed + 1) if config.augment else None,
-            )
+    replay_ds = None
+    if config.replay_ratio > 0:
+        replay_ds = replay_dataset(replay_sources, meta, new_ids, config.seed, config.augment)
+    n_replay_tiles = 0 if replay_ds is None else len(replay_ds)
 
     def dataset(idx, aug):
         rows = frame.iloc[idx]
@@ -213,7 +233,7 @@ def finetune_tilesets(
         model = _transfer(model, meta, config.transfer)
     model.to(device)
     frozen = _freeze(model, config)
-    base_lr = meta.training.get("config", {}).get("lr", 1e-3)
+    base_lr = training_lr(meta)
     plan = StepPlan(
         steps=config.steps,
         batch_size=config.batch_size,

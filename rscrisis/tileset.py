@@ -64,12 +64,17 @@ class TileSetLayout:
         return child(self.masks, tile_id, ".tif")
 
 
-def tile_id(scene_name: str, grid_row: int, grid_col: int) -> str:
-    """Stable, deterministic id: scene name + grid position (row, column of the tile grid).
-    The scene name is mapped into the safe name set (rscrisis.names): ids become file names."""
+def scene_key(scene_name: str) -> str:
+    """The part of a scene's tile ids that names it: the scene name mapped into the safe name
+    set (rscrisis.names; ids become file names), short enough for the grid suffix to fit."""
     from rscrisis.names import safe_name
 
-    return f"{safe_name(scene_name)[:180]}_r{grid_row:04d}_c{grid_col:04d}"
+    return safe_name(scene_name)[:180]
+
+
+def tile_id(scene_name: str, grid_row: int, grid_col: int) -> str:
+    """Stable, deterministic id: scene name + grid position (row, column of the tile grid)."""
+    return f"{scene_key(scene_name)}_r{grid_row:04d}_c{grid_col:04d}"
 
 
 def footprint(transform: Affine, width: int, height: int) -> Polygon:

@@ -62,6 +62,7 @@ from rscrisis.tileset import (
     PRODUCTS,
     TileSetLayout,
     footprint,
+    scene_key,
     tile_id,
 )
 from rscrisis.vector_io import Labels, read_labels
@@ -144,11 +145,9 @@ def plan_scene(info: SceneInfo, grid: Grid, config: TileConfig) -> ScenePlan:
 
 
 def _check_consistent(scenes: Sequence[SceneInfo]) -> None:
-    from rscrisis.names import safe_name
-
     names: dict[str, Path] = {}
     for s in scenes:
-        key = safe_name(s.name)[:180]  # what tile ids are made of (rscrisis.tileset.tile_id)
+        key = scene_key(s.name)  # what the scene's tile ids are made of
         if key in names:
             raise InputError(
                 f"two input scenes share the name {key!r} in tile ids ({names[key]} and "

@@ -593,6 +593,11 @@ def _fit_to(item, size: int, rng: np.random.Generator):
     return x, mask, valid
 
 
+def training_lr(meta: ModelMeta) -> float:
+    """The learning rate a model was trained with (fine-tuning and adaptation scale it)."""
+    return meta.training.get("config", {}).get("lr", 1e-3)
+
+
 def stack_items(items, device: torch.device | None = None):
     """Dataset items [(x, mask, valid), ...] -> batched (x, mask, valid) on ``device``."""
     x, mask, valid = (torch.stack([item[k] for item in items]) for k in range(3))
