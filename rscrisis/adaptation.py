@@ -258,6 +258,7 @@ def simsiam(
         _fit_to,
         _freeze,
         batch_losses,
+        check_finite,
         fast_dtype,
         stack_items,
         training_lr,
@@ -343,6 +344,7 @@ def simsiam(
                 model, x, m, v, amp, LossOptions(), step / config.steps, meta.threshold
             )
             loss = loss + seg + 0.5 * iou
+        check_finite(loss, f"simsiam step {step + 1}", lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,7 +40,7 @@ from rscrisis.batch import (
 )
 from rscrisis.config import RankConfig
 from rscrisis.errors import InputError
-from rscrisis.outputs import atomic_path, guard_output_dir, write_csv_atomic, write_json_atomic
+from rscrisis.outputs import atomic_path, claim_output_dir, write_csv_atomic, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 from rscrisis.ranking import REQUIRED, Spacing, priority, select
 
@@ -196,57 +195,55 @@ def rank(
             config.top,
             len(cand),
         )
-    guard_output_dir(out, PRODUCTS, overwrite=overwrite, resume=False)
-    if overwrite and (out / TASKS).exists():
-        shutil.rmtree(out / TASKS)
-    out.mkdir(parents=True, exist_ok=True)
-    ranking = cand.iloc[chosen].copy()
-    ranking.insert(0, "rank", np.arange(1, len(chosen) + 1))
-    ranking.insert(2, "score", score[chosen])
-    for name, values in components.items():
-        ranking[name] = values[chosen]
-    ranking["task"] = [
-        task_name(r, t) for r, t in zip(ranking["rank"], ranking.tile_id, strict=True)
-    ]
-    ranking = ranking.reset_index(drop=True)
-    tasks_meta = []
-    for n, row in enumerate(ranking.itertuples(index=False)):
-        tasks_meta.append(_export_task(pred, row, out, config))
-        progress(n + 1, len(ranking))
-    _write_tables(ranking, out)
-    write_status(
-        out / STATUS,
-        [Task(r.task, r.tile_id, int(r.rank), "todo") for r in ranking.itertuples(index=False)],
-    )
-    if config.label_studio:
-        _write_label_studio(ranking, out, tasks_meta)
-    (out / README).write_text(_readme(ranking, config, pred), encoding="utf-8")
-    result = RankResult(
-        out=str(out),
-        formula=config.formula,
-        diversity=config.diversity,
-        candidates=len(cand),
-        excluded=excluded,
-        tasks=len(ranking),
-        mean_score=round(float(np.mean(score[chosen])), 4) if chosen else 0.0,
-        seconds=round(time.perf_counter() - t0, 2),
-        tile_ids=list(ranking.tile_id),
-    )
-    write_json_atomic(
-        BatchLayout(out).manifest,
-        {
-            "kind": "rscrisis.batch",
-            "rscrisis_version": __version__,
-            "prediction_set": str(pred.root.resolve()),
-            "model": pred.manifest.get("model"),
-            "threshold": pred.threshold,
-            "crs": ranking.crs.to_string() if ranking.crs else None,
-            "config": config.model_dump(mode="json"),
-            "result": {k: v for k, v in result.to_dict().items() if k != "tile_ids"},
-            "tasks": tasks_meta,
-        },
-    )
-    return result
+    with claim_output_dir(out, PRODUCTS, overwrite=overwrite):
+        out.mkdir(parents=True, exist_ok=True)
+        ranking = cand.iloc[chosen].copy()
+        ranking.insert(0, "rank", np.arange(1, len(chosen) + 1))
+        ranking.insert(2, "score", score[chosen])
+        for name, values in components.items():
+            ranking[name] = values[chosen]
+        ranking["task"] = [
+            task_name(r, t) for r, t in zip(ranking["rank"], ranking.tile_id, strict=True)
+        ]
+        ranking = ranking.reset_index(drop=True)
+        tasks_meta = []
+        for n, row in enumerate(ranking.itertuples(index=False)):
+            tasks_meta.append(_export_task(pred, row, out, config))
+            progress(n + 1, len(ranking))
+        _write_tables(ranking, out)
+        write_status(
+            out / STATUS,
+            [Task(r.task, r.tile_id, int(r.rank), "todo") for r in ranking.itertuples(index=False)],
+        )
+        if config.label_studio:
+            _write_label_studio(ranking, out, tasks_meta)
+        (out / README).write_text(_readme(ranking, config, pred), encoding="utf-8")
+        result = RankResult(
+            out=str(out),
+            formula=config.formula,
+            diversity=config.diversity,
+            candidates=len(cand),
+            excluded=excluded,
+            tasks=len(ranking),
+            mean_score=round(float(np.mean(score[chosen])), 4) if chosen else 0.0,
+            seconds=round(time.perf_counter() - t0, 2),
+            tile_ids=list(ranking.tile_id),
+        )
+        write_json_atomic(
+            BatchLayout(out).manifest,
+            {
+                "kind": "rscrisis.batch",
+                "rscrisis_version": __version__,
+                "prediction_set": str(pred.root.resolve()),
+                "model": pred.manifest.get("model"),
+                "threshold": pred.threshold,
+                "crs": ranking.crs.to_string() if ranking.crs else None,
+                "config": config.model_dump(mode="json"),
+                "result": {k: v for k, v in result.to_dict().items() if k != "tile_ids"},
+                "tasks": tasks_meta,
+            },
+        )
+        return result
 
 
 def _export_task(pred: PredictionSet, row, out: Path, config: RankConfig) -> dict:
@@ -258,7 +255,7 @@ def _export_task(pred: PredictionSet, row, out: Path, config: RankConfig) -> dic
     from rscrisis.raster_io import inspect_scene
     from rscrisis.tileset import TileSetLayout, footprint
 
-    task_dir = out / TASKS / row.task
+    task_dir = BatchLayout(out).task_dir(row.task)
     task_dir.mkdir(parents=True, exist_ok=True)
     tileset = _resolve_tileset(pred, row.tileset)
     image = TileSetLayout(tileset).image_path(row.tile_id)
@@ -268,10 +265,9 @@ def _export_task(pred: PredictionSet, row, out: Path, config: RankConfig) -> dic
             path=image,
             hint="the tile set moved or was deleted since predict; predict it again",
         )
-    try:
-        os.link(image, task_dir / IMAGE)
-    except OSError:
-        shutil.copy2(image, task_dir / IMAGE)
+    # a copy, not a hard link: annotators edit chips in place (gdal_edit, QGIS georeferencing),
+    # and through a link that edit would change the tile set the model trains on
+    shutil.copyfile(image, task_dir / IMAGE)
     info = inspect_scene(image)
     prob, valid = read_prob(pred.root / row.prob)
     with rasterio.open(pred.root / row.prob) as ds:

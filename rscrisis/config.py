@@ -16,7 +16,8 @@ ResamplingName = Literal["nearest", "bilinear", "cubic", "average", "lanczos"]
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: "--lr inf" or "--resolution nan" pass a "> 0" check otherwise
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TileConfig(_Config):
@@ -43,6 +44,12 @@ class TileConfig(_Config):
         False, description="burn every pixel a polygon touches (default: pixel centres inside)"
     )
     workers: int = Field(2, ge=1, le=64, description="threads that encode and write tiles")
+    max_output_gb: float = Field(
+        100.0,
+        gt=0,
+        description="refuse a run whose tiles would exceed this many GB, uncompressed (a "
+        "wrong --resolution or a damaged header otherwise fills the disk)",
+    )
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> TileConfig:
@@ -61,9 +68,13 @@ class SyntheticConfig(_Config):
     seed: int = Field(
         7, description="random seed; the same seed gives the same imagery and footprints"
     )
-    size_a: int = Field(1536, ge=256, description="side in pixels of scene A (pretraining area)")
-    size_b: int = Field(1024, ge=256, description="side in pixels of scene B (new crisis area)")
-    gsd: float = Field(0.3, gt=0, description="ground sampling distance in metres")
+    size_a: int = Field(
+        1536, ge=256, le=8192, description="side in pixels of scene A (pretraining area)"
+    )
+    size_b: int = Field(
+        1024, ge=256, le=8192, description="side in pixels of scene B (new crisis area)"
+    )
+    gsd: float = Field(0.3, gt=0.01, le=10, description="ground sampling distance in metres")
     epsg: int = Field(32645, description="projected CRS of the scenes (UTM 45N: Nepal)")
     jpeg_quality: int = Field(88, ge=10, le=100, description="JPEG quality of the scene GeoTIFFs")
 
@@ -265,6 +276,12 @@ class SceneConfig(_Config):
     )
     prefetch: int = Field(2, ge=1, le=16, description="batches read ahead by the reader thread")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
+    max_output_gb: float = Field(
+        100.0,
+        gt=0,
+        description="refuse a scene whose maps would exceed this many GB, uncompressed (a "
+        "wrong --resolution or a damaged header otherwise fills the disk)",
+    )
 
     @model_validator(mode="after")
     def _window_shape(self) -> SceneConfig:

@@ -19,6 +19,7 @@ import numpy as np
 import rasterio
 
 from rscrisis.errors import InputError
+from rscrisis.raster_io import mask_non_finite
 from rscrisis.tileset import MASK_IGNORE, TileSetLayout, read_index
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def read_tile(
     try:
         with rasterio.open(image_path) as ds:
             image = ds.read()
-            valid = np.any(ds.read_masks() > 0, axis=0)
+            valid = mask_non_finite(image, np.any(ds.read_masks() > 0, axis=0))
         mask = None
         if mask_path is not None:
             with rasterio.open(mask_path) as ds:
@@ -234,6 +235,27 @@ def augmentation(seed: int):
     )
     pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
     return pipeline
+
+
+def random_state(pipeline) -> dict | None:
+    """The random streams of an :func:`augmentation` pipeline, as JSON-able data (for a
+    bit-identical ``train --resume``); None for no pipeline."""
+    if pipeline is None:
+        return None
+    return {
+        "numpy": pipeline.random_generator.bit_generator.state,
+        "python": list(pipeline.py_random.getstate()[1]),
+        "python_version": pipeline.py_random.getstate()[0],
+    }
+
+
+def restore_random_state(pipeline, state: dict | None) -> None:
+    """Put the streams saved by :func:`random_state` back (in place: every transform of the
+    pipeline shares the two generator objects)."""
+    if pipeline is None or state is None:
+        return
+    pipeline.random_generator.bit_generator.state = state["numpy"]
+    pipeline.py_random.setstate((state["python_version"], tuple(state["python"]), None))
 
 
 class TileDataset:

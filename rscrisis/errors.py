@@ -68,9 +68,17 @@ class OutputExistsError(InputError):
     """An output exists and neither ``--overwrite`` nor ``--resume`` was given."""
 
 
+class OutputLockedError(InputError):
+    """Another rscrisis run is writing the same output folder."""
+
+
 class ResumeMismatchError(InputError):
     """``--resume`` was asked for an output made with different settings."""
 
 
 class ProcessingError(RscrisisError):
     """A runtime failure while processing valid input (disk full, GDAL write error...)."""
+
+
+class TrainingDivergedError(ProcessingError):
+    """The training loss became NaN or infinite; nothing is saved."""

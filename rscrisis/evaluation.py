@@ -27,7 +27,7 @@ from rscrisis.metrics import (
     object_counts,
     tile_iou,
 )
-from rscrisis.outputs import guard_output_dir, write_csv_atomic, write_json_atomic
+from rscrisis.outputs import claim_output_dir, guard_output_dir, write_csv_atomic, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 
 PRODUCTS = ("evaluation.json", "per_tile.csv")
@@ -128,16 +128,16 @@ def evaluate(
     )
     if out is not None:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_csv_atomic(out / "per_tile.csv", rows)
-        write_json_atomic(
-            out / "evaluation.json",
-            {
-                "kind": "rscrisis.evaluation",
-                "rscrisis_version": __version__,
-                "tilesets": [str(t) for t in tilesets],
-                "config": config.model_dump(mode="json"),
-                **result.to_dict(),
-            },
-        )
+        with claim_output_dir(out, PRODUCTS, overwrite=overwrite):
+            write_csv_atomic(out / "per_tile.csv", rows)
+            write_json_atomic(
+                out / "evaluation.json",
+                {
+                    "kind": "rscrisis.evaluation",
+                    "rscrisis_version": __version__,
+                    "tilesets": [str(t) for t in tilesets],
+                    "config": config.model_dump(mode="json"),
+                    **result.to_dict(),
+                },
+            )
     return result

@@ -43,7 +43,7 @@ from rscrisis.config import PredictConfig
 from rscrisis.data import TileDataset, load_tiles
 from rscrisis.model import BuildingSegmenter, ModelMeta, check_tiles, load_model, prob_stats
 from rscrisis.names import child
-from rscrisis.outputs import atomic_path, guard_output_dir, write_json_atomic
+from rscrisis.outputs import atomic_path, claim_output_dir, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 from rscrisis.raster_io import one_band_profile
 from rscrisis.training import autocast_dtype, resolve_device
@@ -227,82 +227,82 @@ def predict_tiles(
     model, meta, table, loader, device = prepare(
         model_path, tilesets, config.batch_size, config.device, need_masks=False
     )
-    guard_output_dir(out, PRODUCTS, overwrite=overwrite, resume=False)
-    (out / PROBS).mkdir(parents=True, exist_ok=True)
-    frame = table.frame
-    n = len(frame)
-    amp = autocast_dtype(device, "auto")
-    emb_tmp = out / f".{EMBEDDINGS}.partial.npy"
-    embeddings = np.lib.format.open_memmap(
-        emb_tmp, mode="w+", dtype=np.float32, shape=(n, model.embedding_dim)
-    )
-    rows: list[dict] = []
-    t0 = time.perf_counter()
-    i = 0
-    try:
-        for batch in run_model(model, loader, device, amp, config.mc_samples, config.tta):
-            for b in range(len(batch.pred_iou)):
-                rec = frame.iloc[i]
-                _write_prob(
-                    child(out / PROBS, rec.tile_id, ".tif"),
-                    batch.prob[b],
-                    batch.valid[b],
-                    rec.image_path,
-                )
-                embeddings[i] = batch.embedding[b]
-                row = {
-                    "tile_id": rec.tile_id,
-                    "scene": rec.scene,
-                    "tileset": str(Path(rec.root).resolve()),
-                    "prob": f"{PROBS}/{rec.tile_id}.tif",
-                    "pred_iou": float(batch.pred_iou[b]),
-                }
-                row.update({k: float(v[b]) for k, v in batch.stats.items()})
-                row["geometry"] = rec.geometry
-                rows.append(row)
-                i += 1
-            progress(i, n)
-        embeddings.flush()
-        del embeddings
-        emb_tmp.replace(out / EMBEDDINGS)
-    except BaseException:
-        emb_tmp.unlink(missing_ok=True)
-        raise
-    seconds = time.perf_counter() - t0
-    calibrator = model_calibrator(meta)
-    if rows:
-        stats = {k: np.array([r[k] for r in rows]) for k in FEATURES}
-        for k, v in calibrator.apply(stats).items():
-            for r, value in zip(rows, v.tolist(), strict=True):
-                r[k] = value
-    scores = gpd.GeoDataFrame(rows, geometry="geometry", crs=frame.crs)
-    with atomic_path(out / SCORES) as tmp:
-        scores.to_file(tmp, layer=SCORES_LAYER, driver="GPKG", engine="pyogrio")
-    result = PredictResult(
-        out=str(out),
-        tiles=n,
-        seconds=round(seconds, 2),
-        tiles_per_s=round(n / seconds, 2) if seconds else 0.0,
-        mc_samples=config.mc_samples,
-        mean_pred_iou=round(float(scores.pred_iou.mean()), 4),
-        mean_entropy=round(float(scores.mean_entropy.mean()), 4),
-    )
-    write_json_atomic(
-        out / MANIFEST,
-        {
-            "kind": "rscrisis.prediction_set",
-            "rscrisis_version": __version__,
-            "model": str(model_path),
-            "model_encoder": meta.encoder,
-            "model_training": meta.training.get("tilesets"),
-            "tilesets": [str(t) for t in tilesets],
-            "config": config.model_dump(mode="json"),
-            "embedding_dim": model.embedding_dim,
-            "threshold": meta.threshold,
-            "result": result.to_dict(),
-        },
-    )
-    return result
+    with claim_output_dir(out, PRODUCTS, overwrite=overwrite):
+        (out / PROBS).mkdir(parents=True, exist_ok=True)
+        frame = table.frame
+        n = len(frame)
+        amp = autocast_dtype(device, "auto")
+        emb_tmp = out / f".{EMBEDDINGS}.partial.npy"
+        embeddings = np.lib.format.open_memmap(
+            emb_tmp, mode="w+", dtype=np.float32, shape=(n, model.embedding_dim)
+        )
+        rows: list[dict] = []
+        t0 = time.perf_counter()
+        i = 0
+        try:
+            for batch in run_model(model, loader, device, amp, config.mc_samples, config.tta):
+                for b in range(len(batch.pred_iou)):
+                    rec = frame.iloc[i]
+                    _write_prob(
+                        child(out / PROBS, rec.tile_id, ".tif"),
+                        batch.prob[b],
+                        batch.valid[b],
+                        rec.image_path,
+                    )
+                    embeddings[i] = batch.embedding[b]
+                    row = {
+                        "tile_id": rec.tile_id,
+                        "scene": rec.scene,
+                        "tileset": str(Path(rec.root).resolve()),
+                        "prob": f"{PROBS}/{rec.tile_id}.tif",
+                        "pred_iou": float(batch.pred_iou[b]),
+                    }
+                    row.update({k: float(v[b]) for k, v in batch.stats.items()})
+                    row["geometry"] = rec.geometry
+                    rows.append(row)
+                    i += 1
+                progress(i, n)
+            embeddings.flush()
+            del embeddings
+            emb_tmp.replace(out / EMBEDDINGS)
+        except BaseException:
+            emb_tmp.unlink(missing_ok=True)
+            raise
+        seconds = time.perf_counter() - t0
+        calibrator = model_calibrator(meta)
+        if rows:
+            stats = {k: np.array([r[k] for r in rows]) for k in FEATURES}
+            for k, v in calibrator.apply(stats).items():
+                for r, value in zip(rows, v.tolist(), strict=True):
+                    r[k] = value
+        scores = gpd.GeoDataFrame(rows, geometry="geometry", crs=frame.crs)
+        with atomic_path(out / SCORES) as tmp:
+            scores.to_file(tmp, layer=SCORES_LAYER, driver="GPKG", engine="pyogrio")
+        result = PredictResult(
+            out=str(out),
+            tiles=n,
+            seconds=round(seconds, 2),
+            tiles_per_s=round(n / seconds, 2) if seconds else 0.0,
+            mc_samples=config.mc_samples,
+            mean_pred_iou=round(float(scores.pred_iou.mean()), 4),
+            mean_entropy=round(float(scores.mean_entropy.mean()), 4),
+        )
+        write_json_atomic(
+            out / MANIFEST,
+            {
+                "kind": "rscrisis.prediction_set",
+                "rscrisis_version": __version__,
+                "model": str(model_path),
+                "model_encoder": meta.encoder,
+                "model_training": meta.training.get("tilesets"),
+                "tilesets": [str(t) for t in tilesets],
+                "config": config.model_dump(mode="json"),
+                "embedding_dim": model.embedding_dim,
+                "threshold": meta.threshold,
+                "result": result.to_dict(),
+            },
+        )
+        return result
 
 
 def model_calibrator(meta: ModelMeta) -> IoUCalibrator:

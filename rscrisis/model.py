@@ -26,6 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel as _Base
+from pydantic import ConfigDict as _ConfigDict
+from pydantic import Field as _Field
+from pydantic import StrictInt as _Int
+from pydantic import model_validator as _after
 from torch import nn
 
 from rscrisis import __version__
@@ -148,16 +153,127 @@ class ModelMeta:
 
     @classmethod
     def from_json(cls, text: str, path: Path) -> ModelMeta:
+        """Parse and validate the header against :class:`_MetaSchema`: metadata that parses
+        but is wrong (a list, ``in_channels: "three"``, a zero std, a NaN threshold, a batch
+        record without its labels) is refused here, with the field named, before any command
+        acts on it."""
+        from pydantic import ValidationError
+
         try:
             raw = json.loads(text)
-            known = {f for f in cls.__dataclass_fields__}
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise InputError(
-                f"has corrupt rscrisis metadata ({exc})",
+                f"has corrupt rscrisis metadata (not JSON: {exc})",
                 path=path,
                 hint="the file was damaged; use another copy",
             ) from exc
+        if not isinstance(raw, dict):
+            raise InputError(
+                f"has invalid rscrisis metadata: a JSON {type(raw).__name__}, not an object",
+                path=path,
+                hint="the file was edited or damaged; use the file rscrisis wrote, or another copy",
+            )
+        try:
+            checked = _MetaSchema.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "metadata"
+            raise InputError(
+                f"has invalid rscrisis metadata: {where}: "
+                f"{first['msg'].removeprefix('Value error, ')}",
+                path=path,
+                hint="the file was edited or damaged; use the file rscrisis wrote, or another copy",
+            ) from None
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in checked.model_dump().items() if k in known})
+
+
+_FINITE = _ConfigDict(allow_inf_nan=False, extra="allow")
+_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+class _BatchRecord(_Base):
+    model_config = _FINITE
+    batch: str
+    labels: str
+    tile_ids: list[str] = []
+
+
+class _Calibrator(_Base):
+    model_config = _FINITE
+    threshold: float = _Field(0.5, gt=0, lt=1)
+    blank_samples: _Int = _Field(0, ge=0)
+    blank_empty: _Int = _Field(0, ge=0)
+    iou_map: tuple[float, float] = (0.0, 1.0)
+    samples: _Int = _Field(0, ge=0)
+    fitted_on: dict = {}
+
+
+class _TrainingConfig(_Base):
+    model_config = _FINITE
+    lr: float = _Field(1e-3, gt=0)
+
+
+class _Training(_Base):
+    """The parts of ``training`` that commands act on; the rest is lineage, kept as is."""
+
+    model_config = _FINITE
+    tilesets: list[str] = []
+    pretraining_tilesets: list[str] = []
+    labelled_tiles: list[str] = []
+    batches: list[_BatchRecord] = []
+    iou_calibrator: _Calibrator | None = None
+    calibration_samples: list[dict] = []
+    config: _TrainingConfig = _TrainingConfig()
+    adaptation: list[dict] = []
+    finetune: dict = {}
+
+
+class _MetaSchema(_Base):
+    """What a model header must hold to be used safely (one schema, checked on every load)."""
+
+    model_config = _ConfigDict(allow_inf_nan=False, extra="ignore")
+    encoder: str
+    in_channels: _Int = _Field(ge=1, le=64)
+    mean: list[float]
+    std: list[float]
+    tile_size: _Int = _Field(ge=32, le=8192, multiple_of=32)
+    threshold: float = _Field(0.5, gt=0, lt=1)
+    dropout: float = _Field(0.1, ge=0, lt=1)
+    bands: list[_Int] | None = None
+    colorinterp: list[str] | None = None
+    dtype: str = "uint8"
+    gsd_m: float | None = _Field(None, gt=0)
+    architecture: str = ARCHITECTURE
+    format: str = FORMAT
+    rscrisis_version: str = __version__
+    history: list[dict] = []
+    training: _Training = _Training()
+
+    @_after(mode="after")
+    def _consistent(self) -> _MetaSchema:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r} (known: {', '.join(ENCODERS)})")
+        if self.architecture != ARCHITECTURE:
+            raise ValueError(f"architecture {self.architecture!r} is not {ARCHITECTURE!r}")
+        n = self.in_channels
+        if len(self.mean) != n or len(self.std) != n:
+            raise ValueError(
+                f"mean and std need {n} values (in_channels), not {len(self.mean)} and "
+                f"{len(self.std)}"
+            )
+        if min(self.std) <= 0:
+            raise ValueError("std values must be > 0")
+        if self.bands is not None and (len(self.bands) != n or min(self.bands) < 1):
+            raise ValueError(f"bands needs {n} band numbers >= 1")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(_DTYPES)}")
+        return self
+
+    def model_dump(self, **kw):  # training keeps every lineage key it had
+        out = super().model_dump(**kw)
+        out["training"] = self.training.model_dump(exclude_unset=True)
+        return out
 
 
 def build_model(meta: ModelMeta) -> BuildingSegmenter:

@@ -287,9 +287,11 @@ def read_padded(
     rr0, cc0 = max(r0, 0), max(c0, 0)
     rr1, cc1 = min(r0 + h, ds.height), min(c0 + w, ds.width)
     inside = (rr0, cc0, rr1, cc1) == (r0, c0, r0 + h, c0 + w)
+    inner = window
     try:
         if inside:  # the common case: no padding, no extra copy
-            return _read_valid(ds, bands, window)
+            data, valid = _read_valid(ds, bands, window)
+            return data, mask_non_finite(data, valid, fill)
         data = np.full((len(bands), h, w), fill, dtype=ds.dtypes[bands[0] - 1])
         valid = np.zeros((h, w), dtype=bool)
         if rr1 <= rr0 or cc1 <= cc0:
@@ -300,12 +302,30 @@ def read_padded(
         data[:, sl[0], sl[1]] = block
         valid[sl] = block_valid
     except RasterioIOError as exc:
+        detail = str(exc.__cause__ or exc).splitlines()[0]  # GDAL's own reason, when chained
         raise RasterReadError(
-            f"read failed in window {inner} ({str(exc).splitlines()[0]})",
+            f"read failed in window (col {int(inner.col_off)}, row {int(inner.row_off)}, "
+            f"{int(inner.width)} x {int(inner.height)} px) ({detail})",
             path=getattr(ds, "name", None),
-            hint="the file may be truncated or corrupt; check it with gdalinfo -checksum",
+            hint="the file is truncated or corrupt; check it with gdalinfo -checksum and get a "
+            "complete copy",
         ) from exc
-    return data, valid
+    return data, mask_non_finite(data, valid, fill)
+
+
+def mask_non_finite(data: np.ndarray, valid: np.ndarray, fill: float = 0) -> np.ndarray:
+    """Treat NaN and ±inf pixels of float imagery as nodata: they are set to ``fill`` in
+    ``data`` (in place) and the returned validity is False there. The one rule for every
+    reader (tiles, scene windows, training), so a float scene with holes never feeds NaN to a
+    model. Integer imagery is returned untouched, at no cost."""
+    if data.dtype.kind != "f":
+        return valid
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return valid
+    bad_px = bad.any(axis=0)
+    data[:, bad_px] = fill if np.isfinite(fill) else 0
+    return valid & ~bad_px
 
 
 def _alpha_band(ds, bands: Sequence[int]) -> int | None:

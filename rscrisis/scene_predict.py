@@ -39,7 +39,7 @@ import numpy as np
 from rscrisis import __version__
 from rscrisis.config import SceneConfig
 from rscrisis.errors import BandError, InputError
-from rscrisis.outputs import atomic_path, guard_output_dir, partial_path, write_json_atomic
+from rscrisis.outputs import atomic_path, claim_output_dir, partial_path, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 from rscrisis.raster_io import (
     GDAL_CACHE_BYTES,
@@ -182,7 +182,28 @@ def prepare_scene(model_path: str | Path, scene: str | Path, config: SceneConfig
     if overlap >= window:
         raise InputError(f"invalid --overlap: {overlap} must be smaller than the window {window}")
     plan = WindowPlan.build(grid.width, grid.height, window, overlap)
+    check_output_size(grid, config)
     return _Prepared(info, grid, plan, meta, window, overlap)
+
+
+#: bytes written per grid pixel, uncompressed: the raw probability and mask GeoTIFFs, then their
+#: COGs with overviews (x 4/3)
+def _bytes_per_pixel(config: SceneConfig) -> float:
+    prob = 4 if config.prob_format == "float16" else 1  # float16 COGs come from float32 raws
+    cog_prob = 2 if config.prob_format == "float16" else 1
+    return prob + 1 + (cog_prob + 1) * 4 / 3
+
+
+def check_output_size(grid: Grid, config: SceneConfig) -> None:
+    """Refuse, before anything is written, a scene whose rasters would exceed
+    ``max_output_gb`` (uncompressed; a damaged header can claim 10^6 x 10^6 px)."""
+    gb = grid.width * grid.height * _bytes_per_pixel(config) / 1e9
+    if gb > config.max_output_gb:
+        raise InputError(
+            f"the map of a {grid.width:,} x {grid.height:,} px grid would take about {gb:,.0f} "
+            f"GB, over the {config.max_output_gb:g} GB limit",
+            hint="check the scene's size (gdalinfo) and --resolution, or raise --max-output-gb",
+        )
 
 
 def _read_batches(
@@ -199,7 +220,6 @@ def _read_batches(
     from rscrisis.data import normalise
 
     plan, s = prep.plan, prep.window
-    specs = plan.windows()
     bands = list(prep.info.bands)
     strip_w = max(plan.width, s)
     pending: list[tuple[WindowSpec, np.ndarray | None, np.ndarray]] = []
@@ -207,7 +227,7 @@ def _read_batches(
     strip_end = 0  # scene row just below the strip held
     with open_grid(prep.info, prep.grid) as ds:
         for i, row_off in enumerate(plan.row_offsets):
-            row_specs = specs[i * len(plan.col_offsets) : (i + 1) * len(plan.col_offsets)]
+            row_specs = plan.row_windows(i)
             keep = max(0, strip_end - row_off) if x_strip is not None else 0
             with clock.stage("read"):
                 data, valid = read_padded(ds, bands, Window(0, row_off + keep, strip_w, s - keep))
@@ -474,87 +494,89 @@ def predict_scene(
     prep = prepare_scene(model_path, scene, config)
     device = resolve_device(config.device)
     model, meta = load_model(model_path, device)
-    guard_output_dir(out, PRODUCTS, overwrite=overwrite, resume=False)
-    out.mkdir(parents=True, exist_ok=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    model.eval()
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp = fast_dtype(device, config.precision)
-    views = D4 if config.tta else IDENTITY
-    mean = np.asarray(meta.mean, np.float32)[:, None, None]
-    std = np.asarray(meta.std, np.float32)[:, None, None]
-    total = len(prep.plan)
+    with claim_output_dir(out, PRODUCTS, overwrite=overwrite):
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        model.eval()
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        amp = fast_dtype(device, config.precision)
+        views = D4 if config.tta else IDENTITY
+        mean = np.asarray(meta.mean, np.float32)[:, None, None]
+        std = np.asarray(meta.std, np.float32)[:, None, None]
+        total = len(prep.plan)
 
-    t0 = time.perf_counter()
-    clock = StageClock()
-    model_s = 0.0
-    done = skipped = 0
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-        writer = _SceneWriter(prep, out, config, model.threshold, clock)
-        try:
-            consumer = BackgroundConsumer(writer.handle, depth=2)
+        t0 = time.perf_counter()
+        clock = StageClock()
+        model_s = 0.0
+        done = skipped = 0
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+            writer = _SceneWriter(prep, out, config, model.threshold, clock)
             try:
-                for batch in Prefetcher(
-                    _read_batches(prep, config.batch_size, mean, std, clock), depth=config.prefetch
-                ):
-                    t_model = time.perf_counter()
-                    probs, stats = _infer(model, batch, device, amp, views, config.channels_last)
-                    model_s += time.perf_counter() - t_model
-                    consumer.put((batch, probs, stats))
-                    done += len(batch.specs)
-                    skipped += int((~batch.keep).sum())
-                    progress(done, total)
+                consumer = BackgroundConsumer(writer.handle, depth=2)
+                try:
+                    for batch in Prefetcher(
+                        _read_batches(prep, config.batch_size, mean, std, clock),
+                        depth=config.prefetch,
+                    ):
+                        t_model = time.perf_counter()
+                        probs, stats = _infer(
+                            model, batch, device, amp, views, config.channels_last
+                        )
+                        model_s += time.perf_counter() - t_model
+                        consumer.put((batch, probs, stats))
+                        done += len(batch.specs)
+                        skipped += int((~batch.keep).sum())
+                        progress(done, total)
+                finally:
+                    consumer.close()
+                t_loop = time.perf_counter()
+                writer.finish()
+                buildings, windows = _write_products(writer, prep, out, config)
+                products_s = time.perf_counter() - t_loop
             finally:
-                consumer.close()
-            t_loop = time.perf_counter()
-            writer.finish()
-            buildings, windows = _write_products(writer, prep, out, config)
-            products_s = time.perf_counter() - t_loop
-        finally:
-            writer.cleanup()
-    seconds = time.perf_counter() - t0
-    mpx = prep.grid.width * prep.grid.height / 1e6
-    result = SceneResult(
-        out=str(out),
-        scene=str(prep.info.path),
-        width=prep.grid.width,
-        height=prep.grid.height,
-        windows=total,
-        windows_skipped=skipped,
-        buildings=buildings,
-        seconds=round(seconds, 2),
-        model_seconds=round(model_s, 2),
-        megapixels_per_s=round(mpx / seconds, 3) if seconds else 0.0,
-        mean_pred_iou=round(float(windows.pred_iou.mean()), 4)
-        if len(windows) and "pred_iou" in windows
-        else math.nan,
-    )
-    write_json_atomic(
-        out / MANIFEST,
-        {
-            "kind": "rscrisis.scene_prediction",
-            "rscrisis_version": __version__,
-            "model": str(model_path),
-            "model_encoder": meta.encoder,
-            "scene": str(prep.info.path),
-            "bands": list(prep.info.bands),
-            "crs": prep.grid.crs.to_string(),
-            "transform": list(prep.grid.transform)[:6],
-            "gsd_m": list(prep.grid.gsd_m),
-            "resampled": prep.grid.resampled,
-            "window": prep.window,
-            "overlap": prep.overlap,
-            "threshold": model.threshold,
-            "config": config.model_dump(mode="json"),
-            "result": result.to_dict(),
-            "timings": {
-                "total_s": result.seconds,
-                "model_s": result.model_seconds,
-                "after_last_batch_s": round(products_s, 2),
-                **clock.rounded(),
+                writer.cleanup()
+        seconds = time.perf_counter() - t0
+        mpx = prep.grid.width * prep.grid.height / 1e6
+        result = SceneResult(
+            out=str(out),
+            scene=str(prep.info.path),
+            width=prep.grid.width,
+            height=prep.grid.height,
+            windows=total,
+            windows_skipped=skipped,
+            buildings=buildings,
+            seconds=round(seconds, 2),
+            model_seconds=round(model_s, 2),
+            megapixels_per_s=round(mpx / seconds, 3) if seconds else 0.0,
+            mean_pred_iou=round(float(windows.pred_iou.mean()), 4)
+            if len(windows) and "pred_iou" in windows
+            else math.nan,
+        )
+        write_json_atomic(
+            out / MANIFEST,
+            {
+                "kind": "rscrisis.scene_prediction",
+                "rscrisis_version": __version__,
+                "model": str(model_path),
+                "model_encoder": meta.encoder,
+                "scene": str(prep.info.path),
+                "bands": list(prep.info.bands),
+                "crs": prep.grid.crs.to_string(),
+                "transform": list(prep.grid.transform)[:6],
+                "gsd_m": list(prep.grid.gsd_m),
+                "resampled": prep.grid.resampled,
+                "window": prep.window,
+                "overlap": prep.overlap,
+                "threshold": model.threshold,
+                "config": config.model_dump(mode="json"),
+                "result": result.to_dict(),
+                "timings": {
+                    "total_s": result.seconds,
+                    "model_s": result.model_seconds,
+                    "after_last_batch_s": round(products_s, 2),
+                    **clock.rounded(),
+                },
             },
-        },
-    )
-    return result
+        )
+        return result

@@ -50,7 +50,7 @@ import numpy as np
 from rscrisis import __version__
 from rscrisis.config import PredictConfig, SimulateConfig
 from rscrisis.errors import InputError
-from rscrisis.outputs import guard_output_dir, write_csv_atomic, write_json_atomic
+from rscrisis.outputs import claim_output_dir, write_csv_atomic, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -549,166 +549,168 @@ def simulate(
         "config": config.model_dump(mode="json"),
         "rscrisis_version": __version__,
     }
-    guard_output_dir(out, PRODUCTS, overwrite=overwrite, resume=resume)
-    if resume and not (out / STATE).exists():
-        raise InputError(
-            "nothing to resume here (no state.json)",
-            path=out,
-            hint="start a new simulation (without --resume)",
+    with claim_output_dir(out, PRODUCTS, overwrite=overwrite, resume=resume):
+        if resume and not (out / STATE).exists():
+            raise InputError(
+                "nothing to resume here (no state.json)",
+                path=out,
+                hint="start a new simulation (without --resume)",
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        state = _State(out / STATE, fingerprint)
+        if config.finetune.threads:
+            torch.set_num_threads(config.finetune.threads)
+        t0 = time.perf_counter()
+        pool, test = split_pool_test(tileset, out, config)
+        pool_ids = sorted(read_index_ids(pool))
+        total = 1 + len(config.seeds) * (1 + len(config.formulas) * config.rounds + config.ceiling)
+        done = len(state.rows)
+        write_json_atomic(
+            out / MANIFEST,
+            {
+                "kind": "rscrisis.simulation",
+                **fingerprint,
+                "pool": str(pool),
+                "test": str(test),
+                "pool_tiles": len(pool_ids),
+                "test_tiles": len(read_index_ids(test)),
+            },
         )
-    out.mkdir(parents=True, exist_ok=True)
-    state = _State(out / STATE, fingerprint)
-    if config.finetune.threads:
-        torch.set_num_threads(config.finetune.threads)
-    t0 = time.perf_counter()
-    pool, test = split_pool_test(tileset, out, config)
-    pool_ids = sorted(read_index_ids(pool))
-    total = 1 + len(config.seeds) * (1 + len(config.formulas) * config.rounds + config.ceiling)
-    done = len(state.rows)
-    write_json_atomic(
-        out / MANIFEST,
-        {
-            "kind": "rscrisis.simulation",
-            **fingerprint,
-            "pool": str(pool),
-            "test": str(test),
-            "pool_tiles": len(pool_ids),
-            "test_tiles": len(read_index_ids(test)),
-        },
-    )
-    work = out / "work"
+        work = out / "work"
 
-    def pool_prediction(chain: dict, model: Path, chain_dir: Path, seed: int) -> Path:
-        pred = Path(chain["pred"]) if chain.get("pred") else None
-        if pred is None or not (pred / "oracle.csv").exists():  # gone (or never made)
-            pred = _predict_pool(model, pool, chain_dir / "pred", config, seed)
-        return pred
+        def pool_prediction(chain: dict, model: Path, chain_dir: Path, seed: int) -> Path:
+            pred = Path(chain["pred"]) if chain.get("pred") else None
+            if pred is None or not (pred / "oracle.csv").exists():  # gone (or never made)
+                pred = _predict_pool(model, pool, chain_dir / "pred", config, seed)
+            return pred
 
-    if config.adapt is not None:
-        start = _adapted(start, pool, work / "adapted", config)
+        if config.adapt is not None:
+            start = _adapted(start, pool, work / "adapted", config)
 
-    # 0 labelled tiles: the starting model itself, shared by every seed and formula
-    start_chain = state.chain(-1, START)
-    if start_chain is None or not (Path(start_chain["pred"]) / "oracle.csv").exists():
-        pred = _predict_pool(start, pool, work / START / "pred", config, 0)
-        row = {
-            "seed": -1,
-            "formula": START,
-            "round": -1,
-            "labelled": 0,
-            **_evaluate(start, test, config),
-            **_pool_correlations(pred, set()),
-        }
-        start_chain = {"ids": [], "model": str(start), "round": -1, "pred": str(pred)}
-        if state.chain(-1, START) is None:
-            state.save_round(-1, START, start_chain, row)
-            done += 1
-        else:
-            state.data["chains"][f"-1/{START}"] = start_chain
-        progress(done, total, f"starting model: test IoU {row['test_iou']:.3f}")
-    start_pred = Path(start_chain["pred"])
-
-    for seed in config.seeds:
-        seed_work = work / f"seed{seed}"
-        seed_chain = state.chain(seed, SEED_FORMULA)
-        if seed_chain is None:
-            rng = np.random.default_rng(seed)
-            ids = sorted(rng.choice(pool_ids, config.seed_batch, replace=False).tolist())
-            samples = _samples(start_pred, ids)
-            chain_dir = seed_work / SEED_FORMULA
-            model = _finetune_on(start, pool, ids, samples, chain_dir, config, seed)
-            pred = _predict_pool(model, pool, chain_dir / "pred", config, seed)
+        # 0 labelled tiles: the starting model itself, shared by every seed and formula
+        start_chain = state.chain(-1, START)
+        if start_chain is None or not (Path(start_chain["pred"]) / "oracle.csv").exists():
+            pred = _predict_pool(start, pool, work / START / "pred", config, 0)
             row = {
-                "seed": seed,
-                "formula": SEED_FORMULA,
-                "round": 0,
-                "labelled": len(ids),
-                **_evaluate(model, test, config),
-                **_pool_correlations(pred, set(ids)),
+                "seed": -1,
+                "formula": START,
+                "round": -1,
+                "labelled": 0,
+                **_evaluate(start, test, config),
+                **_pool_correlations(pred, set()),
             }
-            seed_chain = {
-                "ids": ids,
-                "model": str(model),
-                "round": 0,
-                "pred": str(pred),
-                "samples": samples,
-            }
-            state.save_round(seed, SEED_FORMULA, seed_chain, row)
-            done += 1
-            progress(done, total, f"seed {seed}: seed batch IoU {row['test_iou']:.3f}")
-        for formula in config.formulas:
-            chain = state.chain(seed, formula) or {**seed_chain, "round": 0}
-            chain_dir = seed_work / formula.replace("+", "_")
-            while chain["round"] < config.rounds:
-                r = chain["round"] + 1
-                pred = pool_prediction(chain, Path(chain["model"]), chain_dir / "again", seed)
-                exclude = set(chain["ids"])
-                picked = _choose(pred, exclude, formula, config.batch, config, seed * 100 + r)
-                ids = sorted(exclude | set(picked))
-                samples = list(chain.get("samples", [])) + _samples(pred, picked)
-                round_dir = chain_dir / f"round{r}"
-                model = _finetune_on(start, pool, ids, samples, round_dir, config, seed)
-                new_pred = _predict_pool(model, pool, round_dir / "pred", config, seed)
+            start_chain = {"ids": [], "model": str(start), "round": -1, "pred": str(pred)}
+            if state.chain(-1, START) is None:
+                state.save_round(-1, START, start_chain, row)
+                done += 1
+            else:
+                state.data["chains"][f"-1/{START}"] = start_chain
+            progress(done, total, f"starting model: test IoU {row['test_iou']:.3f}")
+        start_pred = Path(start_chain["pred"])
+
+        for seed in config.seeds:
+            seed_work = work / f"seed{seed}"
+            seed_chain = state.chain(seed, SEED_FORMULA)
+            if seed_chain is None:
+                rng = np.random.default_rng(seed)
+                ids = sorted(rng.choice(pool_ids, config.seed_batch, replace=False).tolist())
+                samples = _samples(start_pred, ids)
+                chain_dir = seed_work / SEED_FORMULA
+                model = _finetune_on(start, pool, ids, samples, chain_dir, config, seed)
+                pred = _predict_pool(model, pool, chain_dir / "pred", config, seed)
                 row = {
                     "seed": seed,
-                    "formula": formula,
-                    "round": r,
+                    "formula": SEED_FORMULA,
+                    "round": 0,
                     "labelled": len(ids),
                     **_evaluate(model, test, config),
-                    **_pool_correlations(new_pred, set(ids)),
+                    **_pool_correlations(pred, set(ids)),
                 }
-                previous = Path(chain["model"]).parent
-                chain = {
+                seed_chain = {
                     "ids": ids,
                     "model": str(model),
-                    "round": r,
-                    "pred": str(new_pred),
+                    "round": 0,
+                    "pred": str(pred),
                     "samples": samples,
                 }
-                state.save_round(seed, formula, chain, row)
-                if previous.parent == chain_dir:  # keep only each chain's latest round
-                    shutil.rmtree(previous, ignore_errors=True)
+                state.save_round(seed, SEED_FORMULA, seed_chain, row)
                 done += 1
-                progress(done, total, f"seed {seed} {formula} round {r}: IoU {row['test_iou']:.3f}")
-        if config.ceiling and state.chain(seed, CEILING) is None:
-            chain_dir = seed_work / CEILING
-            model = _finetune_on(
-                start, pool, pool_ids, _samples(start_pred, pool_ids), chain_dir, config, seed
-            )
-            row = {
-                "seed": seed,
-                "formula": CEILING,
-                "round": -1,
-                "labelled": len(pool_ids),
-                **_evaluate(model, test, config),
-            }
-            state.save_round(seed, CEILING, {"ids": [], "model": str(model), "round": -1}, row)
-            shutil.rmtree(chain_dir, ignore_errors=True)
-            done += 1
-            progress(done, total, f"seed {seed}: ceiling IoU {row['test_iou']:.3f}")
-    rows = _with_shared_rounds(state.rows, config)
-    write_csv_atomic(out / CURVES, rows)
-    summary = summarise(rows, config.formulas)
-    write_csv_atomic(out / SUMMARY, summary)
-    report = {
-        **frame_report(rows, config.formulas),
-        "summary": summary,
-        "pool_tiles": len(pool_ids),
-        "test_tiles": len(read_index_ids(test)),
-        "config": config.model_dump(mode="json"),
-    }
-    write_json_atomic(out / REPORT, report)
-    plot(rows, config.formulas, out / PLOT)
-    return SimulateResult(
-        out=str(out),
-        pool_tiles=len(pool_ids),
-        test_tiles=len(read_index_ids(test)),
-        runs=len(state.rows),
-        seconds=round(time.perf_counter() - t0, 2),
-        summary=summary,
-        start=report.get(START),
-        ceiling=report.get(CEILING),
-    )
+                progress(done, total, f"seed {seed}: seed batch IoU {row['test_iou']:.3f}")
+            for formula in config.formulas:
+                chain = state.chain(seed, formula) or {**seed_chain, "round": 0}
+                chain_dir = seed_work / formula.replace("+", "_")
+                while chain["round"] < config.rounds:
+                    r = chain["round"] + 1
+                    pred = pool_prediction(chain, Path(chain["model"]), chain_dir / "again", seed)
+                    exclude = set(chain["ids"])
+                    picked = _choose(pred, exclude, formula, config.batch, config, seed * 100 + r)
+                    ids = sorted(exclude | set(picked))
+                    samples = list(chain.get("samples", [])) + _samples(pred, picked)
+                    round_dir = chain_dir / f"round{r}"
+                    model = _finetune_on(start, pool, ids, samples, round_dir, config, seed)
+                    new_pred = _predict_pool(model, pool, round_dir / "pred", config, seed)
+                    row = {
+                        "seed": seed,
+                        "formula": formula,
+                        "round": r,
+                        "labelled": len(ids),
+                        **_evaluate(model, test, config),
+                        **_pool_correlations(new_pred, set(ids)),
+                    }
+                    previous = Path(chain["model"]).parent
+                    chain = {
+                        "ids": ids,
+                        "model": str(model),
+                        "round": r,
+                        "pred": str(new_pred),
+                        "samples": samples,
+                    }
+                    state.save_round(seed, formula, chain, row)
+                    if previous.parent == chain_dir:  # keep only each chain's latest round
+                        shutil.rmtree(previous, ignore_errors=True)
+                    done += 1
+                    progress(
+                        done, total, f"seed {seed} {formula} round {r}: IoU {row['test_iou']:.3f}"
+                    )
+            if config.ceiling and state.chain(seed, CEILING) is None:
+                chain_dir = seed_work / CEILING
+                model = _finetune_on(
+                    start, pool, pool_ids, _samples(start_pred, pool_ids), chain_dir, config, seed
+                )
+                row = {
+                    "seed": seed,
+                    "formula": CEILING,
+                    "round": -1,
+                    "labelled": len(pool_ids),
+                    **_evaluate(model, test, config),
+                }
+                state.save_round(seed, CEILING, {"ids": [], "model": str(model), "round": -1}, row)
+                shutil.rmtree(chain_dir, ignore_errors=True)
+                done += 1
+                progress(done, total, f"seed {seed}: ceiling IoU {row['test_iou']:.3f}")
+        rows = _with_shared_rounds(state.rows, config)
+        write_csv_atomic(out / CURVES, rows)
+        summary = summarise(rows, config.formulas)
+        write_csv_atomic(out / SUMMARY, summary)
+        report = {
+            **frame_report(rows, config.formulas),
+            "summary": summary,
+            "pool_tiles": len(pool_ids),
+            "test_tiles": len(read_index_ids(test)),
+            "config": config.model_dump(mode="json"),
+        }
+        write_json_atomic(out / REPORT, report)
+        plot(rows, config.formulas, out / PLOT)
+        return SimulateResult(
+            out=str(out),
+            pool_tiles=len(pool_ids),
+            test_tiles=len(read_index_ids(test)),
+            runs=len(state.rows),
+            seconds=round(time.perf_counter() - t0, 2),
+            summary=summary,
+            start=report.get(START),
+            ceiling=report.get(CEILING),
+        )
 
 
 def _with_shared_rounds(rows: list[dict], config: SimulateConfig) -> list[dict]:

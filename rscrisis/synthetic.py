@@ -31,8 +31,9 @@ from shapely.geometry import LineString, Polygon, box
 
 from rscrisis import __version__
 from rscrisis.config import SyntheticConfig
+from rscrisis.errors import InputError
 from rscrisis.label_noise import LabelNoise, apply_label_noise
-from rscrisis.outputs import atomic_path, guard_output_dir, write_json_atomic
+from rscrisis.outputs import atomic_path, claim_output_dir, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -358,48 +359,56 @@ def generate_sample_data(
     """
     config = config or SyntheticConfig()
     out = Path(out)
-    guard_output_dir(out, SAMPLE_PRODUCTS, overwrite=overwrite, resume=False)
-    crs = CRS.from_epsg(config.epsg)
-    summary: dict = {
-        "kind": "rscrisis.sample_data",
-        "rscrisis_version": __version__,
-        "config": config.model_dump(mode="json"),
-        "areas": {},
-    }
-    for style, size, offset in ((AREA_A, config.size_a, 0), (AREA_B, config.size_b, 1)):
-        folder = out / style.name
-        folder.mkdir(parents=True, exist_ok=True)
-        image, valid, transform, buildings = render_scene(
-            style, size, config.gsd, config.seed * 1000 + offset
+    try:
+        crs = CRS.from_epsg(config.epsg)
+    except Exception as exc:  # rasterio's CRSError
+        raise InputError(f"invalid --epsg: EPSG:{config.epsg} is not a known CRS") from exc
+    if not crs.is_projected or abs(crs.linear_units_factor[1] - 1) > 1e-9:
+        raise InputError(
+            f"invalid --epsg: EPSG:{config.epsg} is not a projected CRS in metres",
+            hint="use a UTM zone, e.g. 32645",
         )
-        _write_scene(
-            folder / f"{style.name}.tif", image, valid, transform, crs, config.jpeg_quality
-        )
-        truth = gpd.GeoDataFrame(geometry=buildings, crs=crs.to_wkt())
-        _write_vector(folder / "buildings.gpkg", buildings, crs)
-        area = {
-            "scene": f"{style.name}/{style.name}.tif",
-            "buildings": len(buildings),
-            "size_px": size,
-            "gsd_m": config.gsd,
+    with claim_output_dir(out, SAMPLE_PRODUCTS, overwrite=overwrite):
+        summary: dict = {
+            "kind": "rscrisis.sample_data",
+            "rscrisis_version": __version__,
+            "config": config.model_dump(mode="json"),
+            "areas": {},
         }
-        if style is AREA_A:
-            noise = LabelNoise(seed=config.seed)
-            noisy = apply_label_noise(truth, noise)
-            _write_vector(folder / "buildings_osm.gpkg", list(noisy.geometry), crs)
-            area["noisy_buildings"] = len(noisy)
-            area["noise"] = noise.to_dict()
-        summary["areas"][style.name] = area
-    write_json_atomic(out / "sample_data.json", summary)
-    (out / "README.md").write_text(
-        SAMPLE_README.format(
-            **{
-                "a": summary["areas"]["area_a"],
-                "b": summary["areas"]["area_b"],
-                "seed": config.seed,
+        for style, size, offset in ((AREA_A, config.size_a, 0), (AREA_B, config.size_b, 1)):
+            folder = out / style.name
+            folder.mkdir(parents=True, exist_ok=True)
+            image, valid, transform, buildings = render_scene(
+                style, size, config.gsd, config.seed * 1000 + offset
+            )
+            _write_scene(
+                folder / f"{style.name}.tif", image, valid, transform, crs, config.jpeg_quality
+            )
+            truth = gpd.GeoDataFrame(geometry=buildings, crs=crs.to_wkt())
+            _write_vector(folder / "buildings.gpkg", buildings, crs)
+            area = {
+                "scene": f"{style.name}/{style.name}.tif",
+                "buildings": len(buildings),
+                "size_px": size,
+                "gsd_m": config.gsd,
             }
+            if style is AREA_A:
+                noise = LabelNoise(seed=config.seed)
+                noisy = apply_label_noise(truth, noise)
+                _write_vector(folder / "buildings_osm.gpkg", list(noisy.geometry), crs)
+                area["noisy_buildings"] = len(noisy)
+                area["noise"] = noise.to_dict()
+            summary["areas"][style.name] = area
+        write_json_atomic(out / "sample_data.json", summary)
+        (out / "README.md").write_text(
+            SAMPLE_README.format(
+                **{
+                    "a": summary["areas"]["area_a"],
+                    "b": summary["areas"]["area_b"],
+                    "seed": config.seed,
+                }
+            )
         )
-    )
     return summary
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +40,7 @@ from rscrisis.config import TileConfig
 from rscrisis.errors import BandError, InputError, NoOverlapError, ProcessingError
 from rscrisis.outputs import (
     atomic_path,
-    guard_output_dir,
+    claim_output_dir,
     remove_partials,
     write_json_atomic,
 )
@@ -88,13 +88,38 @@ class TileSpec:
 
 @dataclass
 class ScenePlan:
+    """A scene's tile grid, planned lazily: offsets only, one row of :class:`TileSpec` at a time
+    (:meth:`rows`), so memory stays flat for any grid, even one a damaged header makes huge."""
+
     info: SceneInfo
     grid: Grid
-    tiles: list[list[TileSpec]]  # grid rows of tiles
+    row_offsets: range
+    col_offsets: range
+    size: int
 
     @property
     def n_tiles(self) -> int:
-        return sum(len(r) for r in self.tiles)
+        return len(self.row_offsets) * len(self.col_offsets)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.row_offsets), len(self.col_offsets)
+
+    def rows(self) -> Iterator[list[TileSpec]]:
+        for gr, r in enumerate(self.row_offsets):
+            row = []
+            for gc, c in enumerate(self.col_offsets):
+                win = Window(c, r, self.size, self.size)
+                row.append(
+                    TileSpec(
+                        tile_id(self.info.name, gr, gc),
+                        gr,
+                        gc,
+                        win,
+                        window_transform(win, self.grid.transform),
+                    )
+                )
+            yield row
 
 
 @dataclass
@@ -115,33 +140,48 @@ class TileResult:
         return asdict(self)
 
 
-def grid_positions(length: int, size: int, stride: int) -> list[int]:
+def grid_positions(length: int, size: int, stride: int) -> range:
     """Offsets of tiles along one axis so the whole ``length`` is covered.
 
     The last tile may run past the end (it is padded): ``n = ceil((length - size) / stride) + 1``
-    tiles, at least one.
+    tiles, at least one. A ``range``: nothing is materialised, whatever ``length`` is.
     """
     if length <= size:
-        return [0]
+        return range(0, 1)
     n = -(-(length - size) // stride) + 1
-    return [i * stride for i in range(n)]
+    return range(0, n * stride, stride)
 
 
 def plan_scene(info: SceneInfo, grid: Grid, config: TileConfig) -> ScenePlan:
-    rows = grid_positions(grid.height, config.size, config.stride)
-    cols = grid_positions(grid.width, config.size, config.stride)
-    tiles = []
-    for gr, r in enumerate(rows):
-        row = []
-        for gc, c in enumerate(cols):
-            win = Window(c, r, config.size, config.size)
-            row.append(
-                TileSpec(
-                    tile_id(info.name, gr, gc), gr, gc, win, window_transform(win, grid.transform)
-                )
-            )
-        tiles.append(row)
-    return ScenePlan(info, grid, tiles)
+    return ScenePlan(
+        info,
+        grid,
+        grid_positions(grid.height, config.size, config.stride),
+        grid_positions(grid.width, config.size, config.stride),
+        config.size,
+    )
+
+
+def check_output_size(plans: Sequence[ScenePlan], config: TileConfig, labelled: bool) -> None:
+    """Refuse, before anything is written, a run whose tiles would exceed ``max_output_gb``.
+
+    The estimate is uncompressed (every tile at full size, mask included), an upper bound of
+    what lands on disk; compression and skipped nodata tiles only make it smaller. It is what
+    stops a header claiming 10^6 x 10^6 px, or ``--resolution 0.0001``, from filling a disk.
+    """
+    total = 0
+    for plan in plans:
+        per_px = plan.info.band_count * np.dtype(plan.info.dtype).itemsize + (1 if labelled else 0)
+        total += plan.n_tiles * config.size * config.size * per_px
+    gb = total / 1e9
+    if gb > config.max_output_gb:
+        biggest = max(plans, key=lambda p: p.n_tiles)
+        raise InputError(
+            f"tiling would write about {gb:,.0f} GB ({sum(p.n_tiles for p in plans):,} tiles; "
+            f"{biggest.info.name} alone is a {biggest.grid.width:,} x {biggest.grid.height:,} px "
+            f"grid), over the {config.max_output_gb:g} GB limit",
+            hint="check --resolution and the scene's size (gdalinfo), or raise --max-output-gb",
+        )
 
 
 def _check_consistent(scenes: Sequence[SceneInfo]) -> None:
@@ -323,7 +363,8 @@ class _BoundedPool:
         self._error: BaseException | None = None
 
     def _done(self, fut: Future) -> None:
-        if self._error is None and fut.exception() is not None:
+        # a write cancelled by abandon() has no exception to ask for (asking raises)
+        if not fut.cancelled() and self._error is None and fut.exception() is not None:
             self._error = fut.exception()
         self._slots.release()
 
@@ -371,7 +412,7 @@ def _tile_scene(
     pool = _BoundedPool(config.workers, limit=queue_limit)
     try:
         with open_grid(info, plan.grid) as ds:
-            for row in plan.tiles:
+            for row in plan.rows():
                 for start in range(0, len(row), per_chunk):
                     chunk = row[start : start + per_chunk]
                     complete = [
@@ -548,7 +589,9 @@ def tile(
 ) -> TileResult:
     """Cut ``inputs`` (files, folders, globs) into a tile set at ``out``.
 
-    Raises :class:`~rscrisis.errors.InputError` for bad input before writing anything.
+    Raises :class:`~rscrisis.errors.InputError` for bad input, before writing anything where
+    it can be seen up front; bad input found mid-run (a truncated scene) removes this run's
+    outputs again (:func:`~rscrisis.outputs.claim_output_dir`).
     """
     config = config or TileConfig()
     t0 = time.perf_counter()
@@ -565,48 +608,61 @@ def tile(
     plans = [
         plan_scene(s, target_grid(s, config.resolution, config.resampling), config) for s in scenes
     ]
+    check_output_size(plans, config, label_set is not None)
     if label_set is not None:
         _check_overlap(plans, label_set)
     manifest = _manifest(config, plans, label_set, "incomplete")
 
-    guard_output_dir(out, PRODUCTS, overwrite=overwrite, resume=resume)
-    if resume:
-        _check_resume(layout, manifest)
-        stale = remove_partials(out) if out.exists() else 0
-        if stale:
-            log.info("removed %d partial file(s) of the interrupted run", stale)
-    layout.images.mkdir(parents=True, exist_ok=True)
-    if label_set is not None:
-        layout.masks.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(layout.manifest, manifest)
+    with claim_output_dir(out, PRODUCTS, overwrite=overwrite, resume=resume):
+        if resume:
+            _check_resume(layout, manifest)
+            stale = remove_partials(out)
+            if stale:
+                log.info("removed %d partial file(s) of the interrupted run", stale)
+        layout.images.mkdir(parents=True, exist_ok=True)
+        if label_set is not None:
+            layout.masks.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(layout.manifest, manifest)
 
-    result = TileResult(out=str(out))
-    result.labels = None if label_set is None else asdict(label_set.stats)
-    records: list[dict] = []
-    total = sum(p.n_tiles for p in plans)
-    done = 0
-    try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-            for plan in plans:
-                done = _tile_scene(
-                    plan, layout, label_set, config, resume, result, records, progress, done, total
-                )
-                result.scenes.append(
-                    {
-                        "name": plan.info.name,
-                        "tiles": plan.n_tiles,
-                        "grid": [len(plan.tiles), len(plan.tiles[0])],
-                    }
-                )
-    except (rasterio.errors.RasterioIOError, OSError) as exc:
-        raise ProcessingError(
-            f"tiling failed while writing ({exc})",
-            path=out,
-            hint="free disk space or fix permissions, then rerun with --resume",
-        ) from exc
-    result.tiles = len(records)
-    result.megapixels = round(result.megapixels, 3)
-    _write_index(layout, records, plans)
-    result.seconds = round(time.perf_counter() - t0, 3)
-    write_json_atomic(layout.manifest, _manifest(config, plans, label_set, "complete", result))
+        result = TileResult(out=str(out))
+        result.labels = None if label_set is None else asdict(label_set.stats)
+        records: list[dict] = []
+        total = sum(p.n_tiles for p in plans)
+        done = 0
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+                for plan in plans:
+                    done = _tile_scene(
+                        plan,
+                        layout,
+                        label_set,
+                        config,
+                        resume,
+                        result,
+                        records,
+                        progress,
+                        done,
+                        total,
+                    )
+                    result.scenes.append(
+                        {"name": plan.info.name, "tiles": plan.n_tiles, "grid": list(plan.shape)}
+                    )
+        except (rasterio.errors.RasterioIOError, OSError) as exc:
+            raise ProcessingError(
+                f"tiling failed while writing ({exc})",
+                path=out,
+                hint="free disk space or fix permissions, then rerun with --resume",
+            ) from exc
+        if not records:
+            raise InputError(
+                f"no tile has valid pixels: all {total:,} tiles are nodata"
+                + (f" or below --min-valid {config.min_valid:g}" if config.min_valid else ""),
+                path=", ".join(str(p.info.path) for p in plans),
+                hint="check the scene's nodata value (gdalinfo) or lower --min-valid",
+            )
+        result.tiles = len(records)
+        result.megapixels = round(result.megapixels, 3)
+        _write_index(layout, records, plans)
+        result.seconds = round(time.perf_counter() - t0, 3)
+        write_json_atomic(layout.manifest, _manifest(config, plans, label_set, "complete", result))
     return result

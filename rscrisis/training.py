@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from rscrisis import __version__
 from rscrisis.config import TrainConfig
 from rscrisis.data import TileDataset, augmentation, band_statistics, load_tiles, spatial_split
-from rscrisis.errors import InputError, OutputExistsError
+from rscrisis.errors import InputError, OutputExistsError, TrainingDivergedError
 from rscrisis.losses import LossOptions, segmentation_loss
 from rscrisis.metrics import Confusion, calibration
 from rscrisis.model import (
@@ -262,6 +262,9 @@ def train(
     if out.suffix != ".safetensors":
         raise InputError("the model file name must end in .safetensors", path=out)
     state_path = sidecar(out, ".state.pt")
+    # the best epoch so far lives under a hidden name until the run ends: a final-named model
+    # file is always a finished run's (an interrupted run keeps it here, for --resume)
+    best_path = out.with_name(f".{out.name.removesuffix('.safetensors')}.best.safetensors")
     if overwrite and resume:
         raise InputError("--overwrite and --resume exclude each other", hint="choose one")
     if resume and not state_path.exists():
@@ -366,16 +369,22 @@ def train(
 
     history: list[dict] = []
     best_score, best_epoch, start_epoch = -math.inf, 0, 0
+    epochs_without_gain = 0
     if resume:
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = json.loads(state["history"])
-        best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
-        start_epoch = int(state["epoch"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        state = _load_state(state_path, device)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history = json.loads(state["history"])
+            best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+            start_epoch = int(state["epoch"])
+            epochs_without_gain = int(state.get("epochs_without_gain", 0))
+            _restore_rng(json.loads(state["rng"]), gen, state, train_loader.dataset.augment)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise _state_error(state_path, f"it does not match this run ({exc})") from exc
+        if best_epoch and not best_path.exists():
+            raise _state_error(state_path, f"the best model so far ({best_path.name}) is gone")
         log.info("resuming at epoch %d", start_epoch + 1)
 
     result = TrainResult(
@@ -404,7 +413,6 @@ def train(
     seen = 0
     t_train = 0.0
     step = start_epoch * steps_per_epoch
-    epochs_without_gain = 0
     for epoch in range(start_epoch, config.epochs):
         model.train()
         for m in frozen:
@@ -421,6 +429,7 @@ def train(
                 model, x, mask, valid, amp, loss_options, step / total_steps, config.threshold
             )
             loss = seg_loss + config.iou_loss_weight * iou_loss
+            check_finite(loss, f"epoch {epoch + 1}, step {step + 1}", config.lr)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -473,7 +482,7 @@ def train(
             }
             if training_before:
                 meta.training["previous"] = training_before
-            save_model(model, meta, out)
+            save_model(model, meta, best_path)
         else:
             epochs_without_gain += 1
         with atomic_path(state_path) as tmp:
@@ -486,8 +495,10 @@ def train(
                     "best_score": best_score,
                     "best_epoch": best_epoch,
                     "epoch": epoch + 1,
+                    "epochs_without_gain": epochs_without_gain,
                     "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(),
+                    "rng": json.dumps(_rng_state(train_loader.dataset.augment)),
                 },
                 tmp,
             )
@@ -511,10 +522,12 @@ def train(
             log.info("stopping: the %.1f min budget is spent", config.max_minutes)
             break
 
-    # the best model's metadata gets the full history, including epochs after the best
-    best_model, best_meta = load_model(out)
+    # the best model's metadata gets the full history, including epochs after the best; only
+    # now does the model appear under its final name
+    best_model, best_meta = load_model(best_path)
     best_meta.history = history_before + history
     save_model(best_model, best_meta, out)
+    best_path.unlink(missing_ok=True)
     state_path.unlink(missing_ok=True)
     result.history = history
     result.epochs_run = len(history)
@@ -638,6 +651,74 @@ class _Ema:
                 self.state[k].copy_(v)
 
 
+def _rng_state(augment) -> dict:
+    """Every random stream of a training run besides torch's (saved as tensors): Python's,
+    NumPy's global one and the augmentation pipeline's, so ``--resume`` continues exactly."""
+    import random
+
+    from rscrisis.data import random_state
+
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": [py[0], list(py[1])],
+        "numpy": [np_state[0], np_state[1].tolist(), *map(float, np_state[2:])],
+        "augment": random_state(augment),
+    }
+
+
+def _restore_rng(saved: dict, gen: torch.Generator, state: dict, augment) -> None:
+    import random
+
+    from rscrisis.data import restore_random_state
+
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate((saved["python"][0], tuple(saved["python"][1]), None))
+    name, keys, pos, has_gauss, cached = saved["numpy"]
+    np.random.set_state((name, np.array(keys, np.uint32), int(pos), int(has_gauss), cached))
+    restore_random_state(augment, saved["augment"])
+
+
+def _state_error(path: Path, problem: str) -> InputError:
+    return InputError(
+        f"is not a training state this rscrisis can resume: {problem}",
+        path=path,
+        hint="it is damaged or was not written by rscrisis train; delete it and rerun with "
+        "--overwrite to start again",
+    )
+
+
+def _load_state(path: Path, device) -> dict:
+    """Read a ``.state.pt`` with ``weights_only`` (nothing executable is unpickled) and turn
+    torch's failures, whose advice to pass ``weights_only=False`` would be unsafe here, into
+    one line that says what the file is."""
+    import pickle
+    import zipfile
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        # torch's own message is not relayed: it suggests weights_only=False, which would run
+        # whatever code a tampered file holds
+        raise _state_error(path, f"it cannot be read safely ({type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise _state_error(path, "it holds no state dictionary")
+    return state
+
+
+def check_finite(loss: torch.Tensor, where: str, lr: float) -> None:
+    """Stop at once when the loss is NaN or infinite: every later step would only spread the
+    NaN into the weights, and a model of NaNs must never be saved."""
+    if not torch.isfinite(loss.detach()).all():
+        raise TrainingDivergedError(
+            f"training diverged: the loss became {float(loss.detach().float()):.4g} at {where} "
+            f"(learning rate {lr:g}); nothing was saved",
+            hint="lower the learning rate (--lr or --lr-scale); if it persists, look for NaN or "
+            "extreme values in the tiles (gdalinfo -stats)",
+        )
+
+
 def fit_steps(
     model: BuildingSegmenter,
     meta: ModelMeta,
@@ -730,6 +811,7 @@ def fit_steps(
             model, x, mask, valid, amp, LossOptions(), step / plan.steps, threshold
         )
         loss = seg_loss + plan.iou_loss_weight * iou_loss
+        check_finite(loss, f"step {step + 1}", plan.lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

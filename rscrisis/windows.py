@@ -104,14 +104,19 @@ class WindowPlan:
     def __len__(self) -> int:
         return len(self.row_offsets) * len(self.col_offsets)
 
-    def windows(self) -> list[WindowSpec]:
+    def row_windows(self, i: int) -> list[WindowSpec]:
+        """The windows of window row ``i``: a scene is planned one row at a time, so memory
+        does not grow with its height."""
         row_cores = core_bounds(self.row_offsets, self.size, self.height)
         col_cores = core_bounds(self.col_offsets, self.size, self.width)
+        r = self.row_offsets[i]
         return [
             WindowSpec(i, j, r, c, row_cores[i], col_cores[j], j == 0)
-            for i, r in enumerate(self.row_offsets)
             for j, c in enumerate(self.col_offsets)
         ]
+
+    def windows(self) -> list[WindowSpec]:
+        return [w for i in range(len(self.row_offsets)) for w in self.row_windows(i)]
 
     def weights(self, spec: WindowSpec) -> np.ndarray:
         """(size, size) blending weights of ``spec`` (outer product of the two tapers)."""

@@ -57,9 +57,13 @@ def test_same_seed_same_weights(tiny_tiles, tmp_path):
         assert torch.equal(x, y), k
 
 
-def test_resume_after_interruption(tiny_tiles, tmp_path):
+def test_resume_after_interruption_is_bit_identical(tiny_tiles, tmp_path):
+    """Killed in epoch 2 and resumed, training ends exactly where an uninterrupted run does:
+    same weights, same losses (every random stream is restored: torch, the data order, NumPy,
+    Python and the augmentation pipeline's own)."""
+    cfg = TrainConfig(**{**TINY, "epochs": 3})
+    whole = train([tiny_tiles], tmp_path / "whole.safetensors", config=cfg)
     out = tmp_path / "r.safetensors"
-    cfg = TrainConfig(**TINY)
 
     def kill_in_epoch_2(step, total, desc=""):
         if desc.startswith("epoch 2"):
@@ -68,11 +72,49 @@ def test_resume_after_interruption(tiny_tiles, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train([tiny_tiles], out, config=cfg, progress=kill_in_epoch_2)
     assert out.with_name("r.state.pt").exists()
+    assert not out.exists()  # no final-named model while a run is unfinished
     with pytest.raises(OutputExistsError, match="--resume"):
         train([tiny_tiles], out, config=cfg)
     result = train([tiny_tiles], out, config=cfg, resume=True)
-    assert [r["epoch"] for r in result.history] == [1, 2]
-    assert not out.with_name("r.state.pt").exists()
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    for a, b in zip(whole.history, result.history, strict=True):
+        assert a["seg_loss"] == b["seg_loss"] and a["val_iou"] == b["val_iou"], (a, b)
+    resumed, _ = load_model(out)
+    uninterrupted, _ = load_model(tmp_path / "whole.safetensors")
+    for (k, x), (_, y) in zip(
+        uninterrupted.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert torch.equal(x, y), k
+    assert sorted(p.name for p in tmp_path.glob("r*")) == [
+        "r.history.csv",
+        "r.safetensors",
+        "r.train.json",
+    ]
+    assert not list(tmp_path.glob(".r*"))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a zip at all", b"PK\x03\x04" + bytes(200)],
+    ids=["empty", "garbage", "broken-zip"],
+)
+def test_resume_from_a_foreign_state_file_says_so(tiny_tiles, tmp_path, content):
+    out = tmp_path / "r.safetensors"
+    out.with_name("r.state.pt").write_bytes(content)
+    with pytest.raises(InputError, match="not a training state") as info:
+        train([tiny_tiles], out, config=TrainConfig(**TINY), resume=True)
+    assert "weights_only" not in str(info.value)
+
+
+def test_resume_from_a_pickle_with_code_refuses_it(tiny_tiles, tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    out = tmp_path / "r.safetensors"
+    torch.save({"model": Evil()}, out.with_name("r.state.pt"))
+    with pytest.raises(InputError, match="cannot be read safely"):
+        train([tiny_tiles], out, config=TrainConfig(**TINY), resume=True)
 
 
 def test_init_with_frozen_encoder_keeps_encoder(tiny_model, tiny_tiles, tmp_path):

@@ -106,6 +106,9 @@ def predict_command(
             rich_help_panel=SCENE,
         ),
     ] = default(S, "channels_last"),
+    max_output_gb: Annotated[
+        float, typer.Option(help=describe(S, "max_output_gb"), rich_help_panel=SCENE)
+    ] = default(S, "max_output_gb"),
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
     verbose: Verbose = 0,
@@ -190,6 +193,7 @@ def predict_command(
         precision=precision.value,
         channels_last=channels_last,
         threads=threads,
+        max_output_gb=max_output_gb,
     )
     with progress_bar("predicting scene", enabled=level >= 0) as progress:
         scene_result = predict_scene(

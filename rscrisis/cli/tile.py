@@ -74,6 +74,9 @@ def tile_command(
         bool, typer.Option("--all-touched", help=describe(T, "all_touched"))
     ] = default(T, "all_touched"),
     workers: Annotated[int, typer.Option(help=describe(T, "workers"))] = default(T, "workers"),
+    max_output_gb: Annotated[float, typer.Option(help=describe(T, "max_output_gb"))] = default(
+        T, "max_output_gb"
+    ),
     overwrite: Overwrite = False,
     resume: Resume = False,
     json_output: JsonOutput = False,
@@ -102,6 +105,7 @@ def tile_command(
         compress=CompressionChoice(compress).value,
         all_touched=all_touched,
         workers=workers,
+        max_output_gb=max_output_gb,
     )
     with progress_bar("tiling", enabled=level >= 0) as progress:
         result = tile(
