@@ -9,7 +9,6 @@ and writes the batch described in :mod:`rscrisis.batch`.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -40,9 +39,11 @@ from rscrisis.batch import (
 )
 from rscrisis.config import RankConfig
 from rscrisis.errors import InputError
+from rscrisis.names import child
 from rscrisis.outputs import atomic_path, claim_output_dir, write_csv_atomic, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 from rscrisis.ranking import REQUIRED, Spacing, priority, select
+from rscrisis.raster_io import open_raster, read_raster
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ class PredictionSet:
 
 def read_prediction_set(root: str | Path) -> PredictionSet:
     """Open a prediction set written by ``rscrisis predict`` on tile sets."""
-    import geopandas as gpd
 
     from rscrisis.inference import EMBEDDINGS, MANIFEST, SCORES, SCORES_LAYER
 
@@ -88,22 +88,38 @@ def read_prediction_set(root: str | Path) -> PredictionSet:
         if (root / "probability.tif").exists():
             hint = "this is a scene map; rank needs predict on a tile set (tile the scene first)"
         raise InputError(f"is not a prediction set (no {missing[0]})", path=root, hint=hint)
+    from rscrisis.inputs import PredictionManifest, check_numeric, read_json, read_layer
     from rscrisis.names import check_names
 
-    scores = gpd.read_file(root / SCORES, layer=SCORES_LAYER, engine="pyogrio")
-    if "tile_id" not in scores:
-        raise InputError(
-            "has no tile_id column", path=root / SCORES, hint="run predict again with --overwrite"
-        )
+    again = "the prediction set is damaged or was edited; run predict again with --overwrite"
+    manifest = read_json(root / MANIFEST, hint=again, schema=PredictionManifest)
+    scores = read_layer(root / SCORES, SCORES_LAYER, required=SCORE_COLUMNS, hint=again)
     check_names(scores.tile_id, "tile id", root / SCORES)
-    embeddings = np.load(root / EMBEDDINGS, mmap_mode="r")
-    if len(embeddings) != len(scores):
+    if scores.tile_id.duplicated().any():
+        raise InputError("lists a tile twice", path=root / SCORES, hint=again)
+    text_columns = {"tile_id", "scene", "tileset", "prob", scores.geometry.name}
+    check_numeric(
+        scores, [c for c in scores.columns if c not in text_columns], root / SCORES, again
+    )
+    try:
+        embeddings = np.load(root / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise InputError(
-            f"has {len(embeddings)} embeddings for {len(scores)} tiles",
+            f"is not a readable embeddings array ({detail})", path=root / EMBEDDINGS, hint=again
+        ) from None
+    if embeddings.ndim != 2 or embeddings.dtype.kind != "f" or len(embeddings) != len(scores):
+        raise InputError(
+            f"has embeddings of shape {embeddings.shape} ({embeddings.dtype}) for "
+            f"{len(scores)} tiles",
             path=root / EMBEDDINGS,
-            hint="the prediction set is inconsistent; run predict again with --overwrite",
+            hint=again,
         )
-    return PredictionSet(root, scores, embeddings, json.loads((root / MANIFEST).read_text()))
+    return PredictionSet(root, scores, embeddings, manifest)
+
+
+#: the scores.gpkg columns every formula and filter reads
+SCORE_COLUMNS = ("tile_id", "tileset", "pred_iou", "valid_fraction", "building_fraction")
 
 
 def labelled_tile_ids(model_path: str | Path | None) -> set[str]:
@@ -176,6 +192,16 @@ def rank(
         )
     cand = scores.iloc[candidates].reset_index(drop=True)
     score, components = priority(config.formula, cand, seed=config.seed)
+    unscored = ~np.isfinite(score)
+    if unscored.any():
+        log.warning(
+            "%d of %d candidate tiles have no finite %s score (NaN statistics in scores.gpkg); "
+            "they are ranked last",
+            int(unscored.sum()),
+            len(score),
+            config.formula,
+        )
+        score = np.where(unscored, -np.inf, score)
     spacing = Spacing.from_frame(cand, config.spacing) if config.spatial else None
     chosen = select(
         score,
@@ -248,7 +274,6 @@ def rank(
 
 def _export_task(pred: PredictionSet, row, out: Path, config: RankConfig) -> dict:
     """Image chip + editable pre-annotation of one task; returns its manifest entry."""
-    import rasterio
 
     from rscrisis.inference import read_prob
     from rscrisis.polygons import mask_buildings
@@ -269,8 +294,17 @@ def _export_task(pred: PredictionSet, row, out: Path, config: RankConfig) -> dic
     # and through a link that edit would change the tile set the model trains on
     shutil.copyfile(image, task_dir / IMAGE)
     info = inspect_scene(image)
-    prob, valid = read_prob(pred.root / row.prob)
-    with rasterio.open(pred.root / row.prob) as ds:
+    from rscrisis.inference import PROBS
+
+    prob_path = child(pred.root / PROBS, row.tile_id, ".tif")  # never the table's own path
+    if not prob_path.is_file():
+        raise InputError(
+            f"the probability raster of tile {row.tile_id} is missing",
+            path=prob_path,
+            hint="the prediction set is incomplete; run predict again with --overwrite",
+        )
+    prob, valid = read_prob(prob_path)
+    with open_raster(prob_path) as ds:
         transform, crs = ds.transform, ds.crs
     frame = mask_buildings(
         (prob > pred.threshold) & valid,
@@ -333,13 +367,12 @@ def _write_label_studio(ranking, out: Path, tasks_meta: list[dict]) -> None:
     """Label Studio import: one task per tile, PNG image, the model's polygons as a
     prediction (points in percent of the image, Label Studio's convention)."""
     import geopandas as gpd
-    import rasterio
     from PIL import Image
 
     items = []
     for meta in tasks_meta:
         task_dir = out / TASKS / meta["task"]
-        with rasterio.open(task_dir / IMAGE) as ds:
+        with read_raster(task_dir / IMAGE) as ds:
             data = ds.read(list(range(1, min(ds.count, 3) + 1)))
             inv = ~ds.transform
             w, h = ds.width, ds.height

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,23 +101,28 @@ class BatchLayout:
                 path=self.root,
                 hint="make one with rscrisis rank PRED_SET --out BATCH",
             )
-        try:
-            return json.loads(self.manifest.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"is not valid JSON ({exc.msg} at line {exc.lineno})",
-                path=self.manifest,
-                hint="restore it from the batch as exported (it is not meant to be edited)",
-            ) from exc
+        from rscrisis.inputs import BatchManifest, read_json
+
+        return read_json(
+            self.manifest,
+            hint="restore it from the batch as exported (it is not meant to be edited)",
+            schema=BatchManifest,
+        )
 
     def read_status(self) -> list[Task]:
         if not self.status.exists():
             raise InputError(
                 "is missing", path=self.status, hint="restore status.csv from the export"
             )
-        with open(self.status, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+        from rscrisis.inputs import read_csv_rows
         from rscrisis.names import check_names
+
+        rows = read_csv_rows(
+            self.status,
+            required=("task", "tile_id", "rank", "status"),
+            hint="restore status.csv from the export; only status, annotator and note are "
+            "meant to be edited",
+        )
 
         tasks, seen = [], set()
         for n, row in enumerate(rows, start=2):

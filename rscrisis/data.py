@@ -9,7 +9,6 @@ dropped (a one-tile buffer), so neighbouring tiles never straddle the two sides.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,8 +18,15 @@ import numpy as np
 import rasterio
 
 from rscrisis.errors import InputError
-from rscrisis.raster_io import mask_non_finite
-from rscrisis.tileset import MASK_IGNORE, TileSetLayout, read_index
+from rscrisis.raster_io import mask_non_finite, read_raster
+from rscrisis.tileset import (
+    MASK_BACKGROUND,
+    MASK_BUILDING,
+    MASK_IGNORE,
+    TileSetLayout,
+    read_index,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +58,7 @@ def load_tiles(roots: Sequence[str | Path], need_masks: bool) -> TileTable:
         root = Path(root)
         index = read_index(root)
         layout = TileSetLayout(root)
-        manifest = json.loads(layout.manifest.read_text()) if layout.manifest.exists() else {}
+        manifest = read_manifest(root)
         manifests.append((root, manifest))
         if need_masks and (index.get("mask") is None or index["mask"].isna().all()):
             raise InputError(
@@ -62,10 +68,12 @@ def load_tiles(roots: Sequence[str | Path], need_masks: bool) -> TileTable:
             )
         index = index.copy()
         index["root"] = str(root)
-        index["image_path"] = [str(root / p) for p in index["image"]]
+        # paths come from the (checked) tile ids, never from the index's own path columns,
+        # which anyone could point anywhere
+        index["image_path"] = [str(layout.image_path(t)) for t in index.tile_id]
         index["mask_path"] = [
-            None if not isinstance(p, str) else str(root / p)
-            for p in index.get("mask", [None] * len(index))
+            None if not isinstance(p, str) else str(layout.mask_path(t))
+            for t, p in zip(index.tile_id, index.get("mask", [None] * len(index)), strict=True)
         ]
         if need_masks:
             index = index[index["mask_path"].notna()]
@@ -78,7 +86,7 @@ def load_tiles(roots: Sequence[str | Path], need_masks: bool) -> TileTable:
         )
     frame = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
     scenes = [s for _, m in manifests for s in m.get("scenes", [])]
-    with rasterio.open(frame.image_path.iloc[0]) as ds:
+    with read_raster(frame.image_path.iloc[0]) as ds:
         count, dtype, size = ds.count, ds.dtypes[0], ds.width
         interp = [c.name for c in ds.colorinterp]
     for root, m in manifests:
@@ -113,6 +121,15 @@ def read_tile(
         if mask_path is not None:
             with rasterio.open(mask_path) as ds:
                 mask = ds.read(1)
+            odd = (mask != MASK_BACKGROUND) & (mask != MASK_BUILDING) & (mask != MASK_IGNORE)
+            if odd.any():
+                raise InputError(
+                    f"mask holds values other than {MASK_BACKGROUND}, {MASK_BUILDING} and "
+                    f"{MASK_IGNORE} (e.g. {int(mask[odd][0])} at {int(odd.sum())} pixels)",
+                    path=mask_path,
+                    hint="masks are 0 background, 1 building, 255 ignore: re-tile with "
+                    "rscrisis tile --labels, or fix the mask (gdal_calc.py)",
+                )
             mask = np.where(valid, mask, MASK_IGNORE).astype(np.uint8)
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(
@@ -148,9 +165,14 @@ def band_statistics(
 
 
 def spatial_split(
-    frame, val_fraction: float, block_tiles: int, seed: int
+    frame,
+    val_fraction: float,
+    block_tiles: int,
+    seed: int,
+    hint: str = "lower --val-fraction or --block-tiles, or use --val-fraction 0",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices (train, val, dropped) of a spatially blocked split with a one-tile buffer."""
+    """Indices (train, val, dropped) of a spatially blocked split with a one-tile buffer;
+    ``hint`` names the calling command's own options for the too-few-tiles error."""
     import shapely
 
     n = len(frame)
@@ -187,7 +209,7 @@ def spatial_split(
     if not train:
         raise InputError(
             f"too few tiles ({n}) for a spatially blocked validation split",
-            hint="lower --val-fraction or --block-tiles, or use --val-fraction 0",
+            hint=hint,
         )
     return np.array(train, int), np.array(sorted(val_set), int), np.array(dropped, int)
 

@@ -45,7 +45,7 @@ from rscrisis.model import BuildingSegmenter, ModelMeta, check_tiles, load_model
 from rscrisis.names import child
 from rscrisis.outputs import atomic_path, claim_output_dir, write_json_atomic
 from rscrisis.progress import Progress, no_progress
-from rscrisis.raster_io import one_band_profile
+from rscrisis.raster_io import one_band_profile, read_raster
 from rscrisis.training import autocast_dtype, resolve_device
 from rscrisis.tta import D4, IDENTITY, forward_views
 
@@ -176,7 +176,7 @@ def prepare(
 
 
 def _write_prob(path: Path, prob: np.ndarray, valid: np.ndarray, like: str) -> None:
-    with rasterio.open(like) as ds:
+    with read_raster(like) as ds:
         profile = one_band_profile(ds, PROB_NODATA)
     data = np.where(valid, np.round(prob * PROB_SCALE), PROB_NODATA).astype(np.uint8)
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
@@ -188,7 +188,7 @@ def _write_prob(path: Path, prob: np.ndarray, valid: np.ndarray, like: str) -> N
 
 def read_prob(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(probability float32, valid bool) of a probability raster written by predict."""
-    with rasterio.open(path) as ds:
+    with read_raster(path) as ds:
         raw = ds.read(1)
     return raw.astype(np.float32) / PROB_SCALE, raw != PROB_NODATA
 

@@ -17,7 +17,6 @@ rasterised like ``rscrisis tile`` does: pixel centres inside, 255 where the imag
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -28,7 +27,7 @@ import numpy as np
 
 from rscrisis.batch import EDIT_GEOJSON, EDIT_GPKG, IMAGE, BatchLayout, geometry_fingerprint
 from rscrisis.errors import InputError, LabelError
-from rscrisis.raster_io import one_band_profile
+from rscrisis.raster_io import one_band_profile, read_raster
 from rscrisis.tileset import (
     INDEX_LAYER,
     MASK_BUILDING,
@@ -36,6 +35,7 @@ from rscrisis.tileset import (
     MASKS,
     TileSetLayout,
     footprint,
+    read_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,6 @@ def plan_batch(
     root: Path, labels_file: Path | None, repair: bool
 ) -> tuple[list[_Planned], IngestReport]:
     """Validate one batch's corrections; nothing is written."""
-    import rasterio
 
     layout = BatchLayout(root)
     manifest = layout.read_manifest()
@@ -171,7 +170,7 @@ def plan_batch(
             raise InputError(
                 "is missing", path=image, hint="restore the task folder from the export"
             )
-        with rasterio.open(image) as ds:
+        with read_raster(image) as ds:
             crs, area = ds.crs, footprint(ds.transform, ds.width, ds.height)
         if merged is not None:
             source = labels_file
@@ -224,7 +223,7 @@ def write_labels(root: Path, planned: list[_Planned]) -> Path:
             os.link(p.image, dst.image_path(p.tile_id))
         except OSError:
             shutil.copy2(p.image, dst.image_path(p.tile_id))
-        with rasterio.open(p.image) as ds:
+        with read_raster(p.image) as ds:
             valid = np.any(ds.read_masks() > 0, axis=0)
             profile = one_band_profile(ds, MASK_IGNORE)
             transform, crs, shape = ds.transform, ds.crs, (ds.height, ds.width)
@@ -248,7 +247,7 @@ def write_labels(root: Path, planned: list[_Planned]) -> Path:
                 indexes[p.tileset] = read_index(p.tileset)
                 src_manifest = TileSetLayout(p.tileset).manifest
                 if src_manifest.exists() and not manifest:
-                    manifest = json.loads(src_manifest.read_text())
+                    manifest = read_manifest(p.tileset)
             index = indexes[p.tileset]
             match = index[index.tile_id == p.tile_id]
             if len(match):

@@ -19,6 +19,15 @@ if TYPE_CHECKING:  # geopandas stays off the `rscrisis --help` import path
     import geopandas as gpd
 
 
+#: vector formats a noisy copy may be written as: one file each, so written atomically
+SINGLE_FILE_DRIVERS = {
+    ".gpkg": "GPKG",
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+    ".fgb": "FlatGeobuf",
+}
+
+
 @dataclass(frozen=True)
 class LabelNoise:
     drop: float = 0.15  # fraction of buildings removed
@@ -81,11 +90,35 @@ def write_noisy_labels(
     Geographic inputs are made noisy in their local UTM zone (the knobs are metres) and written
     back in their own CRS. Returns a summary (counts in and out, the noise settings).
     """
+    import math
+
     from rscrisis.errors import OutputExistsError
     from rscrisis.outputs import atomic_path
     from rscrisis.vector_io import LabelStats, clean_polygons, read_vector
 
     labels, out = Path(labels), Path(out)
+    driver = SINGLE_FILE_DRIVERS.get(out.suffix.lower())
+    if driver is None:
+        raise InputError(
+            f"cannot write {out.suffix or 'a file without an extension'}: the noisy copy is "
+            f"written atomically, as one file ({', '.join(SINGLE_FILE_DRIVERS)})",
+            path=out,
+            hint="choose --out noisy.gpkg (a Shapefile is several files, written non-atomically)",
+        )
+    knobs = {
+        "drop": noise.drop,
+        "false-blobs": noise.false_blobs,
+        "jitter": noise.jitter_m,
+        "buffer-std": noise.buffer_std_m,
+        "simplify": noise.simplify_m,
+    }
+    for name, value in {**knobs, "shift": noise.global_shift_m[0]}.items():
+        if not math.isfinite(value) or not math.isfinite(noise.global_shift_m[1]):
+            raise InputError(f"invalid --{name}: {value} is not a finite number")
+    for name, value in knobs.items():
+        if value < 0 or (name in ("drop", "false-blobs") and value > 1):
+            bound = "between 0 and 1" if name in ("drop", "false-blobs") else ">= 0"
+            raise InputError(f"invalid --{name}: {value} must be {bound}")
     if out.exists() and not overwrite:
         raise OutputExistsError("exists", path=out, hint="pass --overwrite or choose another --out")
     frame = read_vector(labels)
@@ -98,7 +131,7 @@ def write_noisy_labels(
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         noisy.to_file(
-            tmp, engine="pyogrio", layer="buildings" if out.suffix.lower() == ".gpkg" else None
+            tmp, driver=driver, engine="pyogrio", layer="buildings" if driver == "GPKG" else None
         )
     return {
         "input": str(labels),

@@ -80,10 +80,18 @@ def _remove(paths: Iterable[Path]) -> None:
             p.unlink()
 
 
-def guard_output_dir(out: Path, products: Iterable[str], *, overwrite: bool, resume: bool) -> None:
+def guard_output_dir(
+    out: Path,
+    products: Iterable[str],
+    *,
+    overwrite: bool,
+    resume: bool,
+    resumable: bool = False,
+) -> None:
     """Refuse to clobber existing products unless asked; with ``overwrite``, remove them.
 
     Only the named products are ever deleted, never other files a user keeps in ``out``.
+    ``resumable``: the command has ``--resume`` (the refusal suggests it only then).
     """
     if overwrite and resume:
         raise InputError("--overwrite and --resume exclude each other", hint="choose one")
@@ -100,8 +108,9 @@ def guard_output_dir(out: Path, products: Iterable[str], *, overwrite: bool, res
     raise OutputExistsError(
         f"already holds output ({existing[0].name})",
         path=out,
-        hint="pass --overwrite to replace it, --resume to finish an interrupted run, "
-        "or choose another --out",
+        hint="pass --overwrite to replace it, "
+        + ("--resume to finish an interrupted run, " if resumable else "")
+        + "or choose another --out",
     )
 
 
@@ -162,7 +171,12 @@ class _FolderLock:
 
 @contextlib.contextmanager
 def claim_output_dir(
-    out: Path, products: Iterable[str], *, overwrite: bool = False, resume: bool = False
+    out: Path,
+    products: Iterable[str],
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    resumable: bool = False,
 ) -> Iterator[Path]:
     """Own the output folder ``out`` for the duration of a command.
 
@@ -190,7 +204,7 @@ def claim_output_dir(
     lock = _FolderLock(out)
     try:
         lock.acquire()
-        guard_output_dir(out, products, overwrite=overwrite, resume=resume)
+        guard_output_dir(out, products, overwrite=overwrite, resume=resume, resumable=resumable)
     except BaseException:
         lock.release()
         if created:

@@ -11,6 +11,7 @@ predictor read imagery the same way.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import warnings
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from rscrisis.errors import BandError, NotGeoreferencedError, RasterReadError
+
+log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
@@ -115,20 +118,59 @@ def open_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
         ds.close()
 
 
-def crs_units_per_metre(crs: CRS, lon: float, lat: float) -> tuple[float, float]:
-    """CRS units per metre along x and y at a point (degrees for geographic CRSs)."""
+@contextlib.contextmanager
+def read_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
+    """:func:`open_raster` for a block that only reads: a read failure inside it (a truncated or
+    replaced file) is a one-line :class:`RasterReadError` too. Not for blocks that also write,
+    whose failures are the disk's, not the input's."""
+    with open_raster(path) as ds:
+        try:
+            yield ds
+        except RasterioIOError as exc:
+            detail = str(exc.__cause__ or exc).splitlines()[0]
+            raise RasterReadError(
+                f"cannot be read ({detail})",
+                path=path,
+                hint="the file is truncated or corrupt; check it with gdalinfo -checksum",
+            ) from exc
+
+
+def crs_units_per_metre(crs: CRS, x: float, y: float) -> tuple[float, float]:
+    """CRS units per *ground* metre along x and y at the point ``(x, y)`` (CRS coordinates).
+
+    Geographic CRSs: degrees per metre from the ellipsoid's geodesic. Projected CRSs: a CRS
+    unit is ``linear_units_factor`` projected metres, and a projected metre is ``1 / k`` ground
+    metres, where ``k`` is the projection's scale factor at the point (pyproj's
+    ``Proj.get_factors``): ``1 / cos(latitude)`` in Web Mercator (EPSG:3857, how XYZ/TMS
+    mosaics such as OpenAerialMap's arrive: 13 % at Banepa, 41 % at 45°), 0.9996 to 1.001 in
+    UTM. Taking CRS units as metres, as many tools do, makes every resolution, resampling and
+    area in Web Mercator wrong by that much. A CRS pyproj cannot compute factors for falls back
+    to the unit factor alone.
+    """
     if not isinstance(crs, CRS):  # a pyproj CRS, e.g. from a GeoDataFrame
         crs = CRS.from_user_input(crs)
-    if crs.is_geographic:
-        import pyproj
+    import pyproj
 
-        geod = pyproj.CRS.from_user_input(crs.to_wkt()).get_geod()
+    pcrs = pyproj.CRS.from_user_input(crs.to_wkt())
+    if crs.is_geographic:
+        geod = pcrs.get_geod()
         step = 1e-4
-        _, _, mx = geod.inv(lon, lat, lon + step, lat)
-        _, _, my = geod.inv(lon, lat, lon, lat + step)
+        _, _, mx = geod.inv(x, y, x + step, y)
+        _, _, my = geod.inv(x, y, x, y + step)
         return step / mx, step / my
-    _, factor = crs.linear_units_factor
-    return 1.0 / factor, 1.0 / factor
+    _, factor = crs.linear_units_factor  # projected metres per CRS unit
+    kx = ky = 1.0
+    try:
+        lon, lat = pyproj.Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True).transform(
+            x, y
+        )
+        factors = pyproj.Proj(pcrs).get_factors(lon, lat)
+        kx, ky = float(factors.parallel_scale), float(factors.meridional_scale)
+    except (pyproj.exceptions.CRSError, pyproj.exceptions.ProjError, TypeError) as exc:
+        log.debug("no scale factors for %s (%s): CRS units taken as metres", crs, exc)
+    if not (math.isfinite(kx) and math.isfinite(ky) and kx > 0 and ky > 0):
+        kx = ky = 1.0
+    return kx / factor, ky / factor
 
 
 def _ground_sampling(crs: CRS, transform: Affine, width: int, height: int) -> tuple[float, float]:
@@ -236,8 +278,10 @@ def target_grid(info: SceneInfo, resolution_m: float | None, resampling: str) ->
     left, right, bottom, top = min(xs), max(xs), min(ys), max(ys)
     ux, uy = crs_units_per_metre(info.crs, (left + right) / 2, (bottom + top) / 2)
     rx, ry = resolution_m * ux, resolution_m * uy
-    width = max(1, math.ceil((right - left) / rx - 1e-9))
-    height = max(1, math.ceil((top - bottom) / ry - 1e-9))
+    # a grid that would overshoot the scene by under 1 % of a pixel (UTM's 0.9996 turns 6 m
+    # into 20.003 px of 0.3 m) is not given a column of padding for it
+    width = max(1, math.ceil((right - left) / rx - 0.01))
+    height = max(1, math.ceil((top - bottom) / ry - 0.01))
     transform = Affine(rx, 0.0, left, 0.0, -ry, top)
     return ResampledGrid(
         info.crs, transform, width, height, (resolution_m, resolution_m), resampling

@@ -37,7 +37,6 @@ final IoU), ``report.json`` (all of that with the frame: start, ceiling), ``curv
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -50,6 +49,7 @@ import numpy as np
 from rscrisis import __version__
 from rscrisis.config import PredictConfig, SimulateConfig
 from rscrisis.errors import InputError
+from rscrisis.inputs import read_json
 from rscrisis.outputs import claim_output_dir, write_csv_atomic, write_json_atomic
 from rscrisis.progress import Progress, no_progress
 
@@ -91,7 +91,7 @@ class _State:
         self.path = path
         self.data = {"fingerprint": fingerprint, "rows": [], "chains": {}}
         if path.exists():
-            saved = json.loads(path.read_text())
+            saved = read_json(path, hint="rerun with --overwrite to start over")
             if saved.get("fingerprint") != fingerprint:
                 raise InputError(
                     "holds a simulation with other settings or inputs",
@@ -123,7 +123,11 @@ def split_pool_test(tileset: Path, out: Path, config: SimulateConfig) -> tuple[P
         pool, test = band_split(frame, config.test_fraction)
     else:
         pool, test, _ = spatial_split(
-            frame, config.test_fraction, config.block_tiles, config.split_seed
+            frame,
+            config.test_fraction,
+            config.block_tiles,
+            config.split_seed,
+            hint="lower --test-fraction or --block-tiles, or use --split band",
         )
     if len(pool) < config.seed_batch + config.rounds * config.batch:
         raise InputError(
@@ -549,7 +553,7 @@ def simulate(
         "config": config.model_dump(mode="json"),
         "rscrisis_version": __version__,
     }
-    with claim_output_dir(out, PRODUCTS, overwrite=overwrite, resume=resume):
+    with claim_output_dir(out, PRODUCTS, overwrite=overwrite, resume=resume, resumable=True):
         if resume and not (out / STATE).exists():
             raise InputError(
                 "nothing to resume here (no state.json)",

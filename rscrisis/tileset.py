@@ -83,10 +83,22 @@ def footprint(transform: Affine, width: int, height: int) -> Polygon:
     return Polygon(corners)
 
 
+def read_manifest(root: Path) -> dict:
+    """A tile set's ``tileset.json`` (empty when absent), checked as hostile input."""
+    from rscrisis.inputs import TileSetManifest, read_json
+
+    layout = TileSetLayout(Path(root))
+    if not layout.manifest.exists():
+        return {}
+    return read_json(
+        layout.manifest,
+        hint="restore the tile set's tileset.json, or re-tile with rscrisis tile --overwrite",
+        schema=TileSetManifest,
+    )
+
+
 def read_index(root: Path):
     """Open a tile set's index as a GeoDataFrame, with a clear error if it is not a tile set."""
-    import geopandas as gpd
-
     layout = TileSetLayout(Path(root))
     if not layout.index.exists():
         hint = (
@@ -95,14 +107,22 @@ def read_index(root: Path):
             else "make one with rscrisis tile"
         )
         raise InputError(f"is not a complete tile set (no {INDEX})", path=root, hint=hint)
+    from rscrisis.inputs import read_layer
     from rscrisis.names import check_names
 
-    index = gpd.read_file(layout.index, layer=INDEX_LAYER, engine="pyogrio")
-    if "tile_id" not in index:
-        raise InputError(
-            "has no tile_id column", path=layout.index, hint="restore the tile set's index.gpkg"
-        )
+    index = read_layer(
+        layout.index,
+        INDEX_LAYER,
+        required=("tile_id",),
+        hint="restore the tile set's index.gpkg, or re-tile with rscrisis tile --overwrite",
+    )
     check_names(index.tile_id, "tile id", layout.index)
+    if index.tile_id.duplicated().any():
+        raise InputError(
+            f"lists tile {index.tile_id[index.tile_id.duplicated()].iloc[0]!r} twice",
+            path=layout.index,
+            hint="restore the tile set's index.gpkg, or re-tile with rscrisis tile --overwrite",
+        )
     return index
 
 
@@ -112,7 +132,6 @@ def write_subset(root: Path, out: Path, tile_ids, *, overwrite: bool = False) ->
     Image and mask files are hard-linked when possible (no extra disk), copied otherwise; the
     index keeps its rows and the manifest records where the subset came from.
     """
-    import json
     import os
     import shutil
 
@@ -142,7 +161,7 @@ def write_subset(root: Path, out: Path, tile_ids, *, overwrite: bool = False) ->
                 shutil.copy2(a, b)
     with atomic_path(dst.index) as tmp:
         sub.to_file(tmp, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
-    manifest = json.loads(src.manifest.read_text()) if src.manifest.exists() else {}
+    manifest = read_manifest(root)
     manifest.update({"subset_of": str(root), "tiles": len(sub)})
     write_json_atomic(dst.manifest, manifest)
     return out

@@ -53,6 +53,7 @@ from rscrisis.raster_io import (
     inspect_scene,
     open_grid,
     read_padded,
+    read_raster,
     target_grid,
 )
 from rscrisis.tileset import (
@@ -340,11 +341,11 @@ def _stats_from_files(
     layout: TileSetLayout, spec: TileSpec, has_labels: bool
 ) -> tuple[float, float | None]:
     """Valid and building fractions of a tile already on disk (for ``resume``)."""
-    with rasterio.open(layout.image_path(spec.tile_id)) as ds:
+    with read_raster(layout.image_path(spec.tile_id)) as ds:
         valid = np.all(ds.read_masks() > 0, axis=0)
     building = None
     if has_labels:
-        with rasterio.open(layout.mask_path(spec.tile_id)) as ds:
+        with read_raster(layout.mask_path(spec.tile_id)) as ds:
             m = ds.read(1)
         building = float((m == MASK_BUILDING).sum() / max(1, valid.sum()))
     return float(valid.mean()), building
@@ -556,11 +557,11 @@ def _manifest(
 
 
 def _check_resume(layout: TileSetLayout, manifest: dict) -> None:
-    import json
+    from rscrisis.inputs import read_json
 
     if not layout.manifest.exists():
         return
-    old = json.loads(layout.manifest.read_text())
+    old = read_json(layout.manifest, hint="rerun with --overwrite to start again")
     for key in ("config", "labels"):
         if old.get(key) != manifest[key]:
             raise InputError(
@@ -613,7 +614,7 @@ def tile(
         _check_overlap(plans, label_set)
     manifest = _manifest(config, plans, label_set, "incomplete")
 
-    with claim_output_dir(out, PRODUCTS, overwrite=overwrite, resume=resume):
+    with claim_output_dir(out, PRODUCTS, overwrite=overwrite, resume=resume, resumable=True):
         if resume:
             _check_resume(layout, manifest)
             stale = remove_partials(out)

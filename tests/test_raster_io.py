@@ -3,6 +3,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
+from rscrisis.config import TileConfig
 from rscrisis.errors import BandError, NotGeoreferencedError, RasterReadError
 from rscrisis.raster_io import (
     expand_raster_inputs,
@@ -95,7 +96,8 @@ def test_target_grid_in_metres_for_projected_and_geographic(tmp_path):
     path = write_raster(tmp_path / "s.tif", gradient(1, 100, 60), transform=utm_transform(0.1))
     info = inspect_scene(path)
     grid = target_grid(info, 0.3, "bilinear")
-    assert grid.resampled and grid.transform.a == pytest.approx(0.3)
+    # UTM: 0.3 ground m = 0.29996 CRS m at this easting (scale factor 0.99986)
+    assert grid.resampled and grid.transform.a == pytest.approx(0.3, rel=2e-4)
     assert (grid.width, grid.height) == (20, 34)  # 6 m x 10 m, last row padded by the grid
     assert grid.transform.c == info.transform.c and grid.transform.f == info.transform.f
     geo = write_raster(
@@ -112,3 +114,53 @@ def test_target_grid_in_metres_for_projected_and_geographic(tmp_path):
     with open_grid(ginfo, ggrid) as ds:
         assert (ds.width, ds.height) == (ggrid.width, ggrid.height)
         assert ds.crs.to_epsg() == 4326
+
+
+def test_web_mercator_is_measured_in_ground_metres_like_utm(tmp_path):
+    """The same 100 m square scene at 60° N in UTM and in Web Mercator (where one CRS metre is
+    cos 60° = 0.5 ground metres): ground resolution, resampling to metres and building areas
+    agree; taking EPSG:3857 units as metres would double the resolution and quadruple areas."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    from rscrisis.polygons import mask_buildings
+    from rscrisis.tiling import tile
+
+    utm_crs, res = "EPSG:32633", 0.5
+    utm = write_raster(
+        tmp_path / "utm.tif",
+        gradient(3, 200, 200),
+        crs=utm_crs,
+        transform=rasterio.Affine(res, 0, 500_000, 0, -res, 6_655_000),
+    )
+    with rasterio.open(utm) as src:
+        transform, w, h = calculate_default_transform(
+            src.crs, "EPSG:3857", src.width, src.height, *src.bounds
+        )
+        data = np.zeros((3, h, w), np.uint8)
+        reproject(
+            src.read(),
+            data,
+            src_transform=src.transform,
+            src_crs=src.crs,
+            dst_transform=transform,
+            dst_crs="EPSG:3857",
+            resampling=Resampling.nearest,
+        )
+    merc = write_raster(tmp_path / "merc.tif", data, crs="EPSG:3857", transform=transform)
+    a, b = inspect_scene(utm), inspect_scene(merc)
+    assert a.gsd_m[0] == pytest.approx(res, rel=1e-3)
+    assert b.transform.a == pytest.approx(2 * b.gsd_m[0], rel=0.01)  # 1 CRS m = 0.5 ground m
+    assert b.gsd_m[0] == pytest.approx(a.gsd_m[0], rel=0.02)
+    ga, gb = target_grid(a, 1.0, "bilinear"), target_grid(b, 1.0, "bilinear")
+    assert ga.width in (100, 101) and abs(gb.width - ga.width) <= 2  # 100 m = 100.04 UTM m
+    # the tiler plans the same number of 1 m tiles from both
+    ra = tile([utm], tmp_path / "ta", config=TileConfig(size=32, resolution=1.0))
+    rb = tile([merc], tmp_path / "tb", config=TileConfig(size=32, resolution=1.0))
+    assert ra.scenes[0]["grid"] == rb.scenes[0]["grid"] == [4, 4]
+    # a 40 x 40 px building is 20 m x 20 m = 400 m² on both grids
+    mask = np.zeros((100, 100), bool)
+    mask[30:70, 30:70] = True
+    prob = mask.astype(np.float32)
+    for info in (a, b):
+        frame = mask_buildings(mask, prob, info.transform, info.crs, info.gsd_m, simplify=0)
+        assert frame.area_m2.iloc[0] == pytest.approx(400, rel=0.02)

@@ -25,8 +25,54 @@ def _error_line(message: str) -> None:
     sys.stderr.flush()
 
 
+#: commands with --resume: an interrupt tells users of these to resume, the others to rerun
+RESUMABLE = ("tile", "train", "pretrain", "simulate")
+
+
+def _os_error(exc: OSError) -> tuple[str, int]:
+    """One line and an exit code for an OSError no library code turned into an RscrisisError:
+    permissions and read-only media are the user's to fix (exit 2), a full disk is a runtime
+    failure (exit 1); neither is a bug."""
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}{reason} — choose a folder you can write (--out) or fix its permissions", 2
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}{reason} — free disk space, then rerun", EXIT_RUNTIME
+    return f"{where}{reason}", EXIT_RUNTIME
+
+
 class RscrisisGroup(TyperGroup):
     """Maps library exceptions to exit codes for every subcommand."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Usage errors as one ``rscrisis: error:`` line (exit 2), like every other error, not
+        typer's boxed panel: scripts grep stderr, and logs are read at 80 columns."""
+        try:  # typer >= 0.29 vendors its own click
+            from typer._click import exceptions as cx
+        except ImportError:  # pragma: no cover - older typer on click
+            from click import exceptions as cx
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except cx.NoArgsIsHelpError as exc:
+            typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+            sys.exit(exc.exit_code)
+        except cx.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            _error_line(f"{exc.format_message()}{where}")
+            sys.exit(exc.exit_code)
+        except cx.ClickException as exc:
+            _error_line(exc.format_message())
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            _error_line("aborted")
+            sys.exit(EXIT_RUNTIME)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: typer.Context):
         try:
@@ -44,8 +90,15 @@ class RscrisisGroup(TyperGroup):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(0)
         except KeyboardInterrupt:
-            _error_line("interrupted; complete outputs are kept, rerun with --resume to finish")
+            if ctx.invoked_subcommand in RESUMABLE:
+                _error_line("interrupted; complete outputs are kept, rerun with --resume to finish")
+            else:
+                _error_line("interrupted; no partial output is left under a final name")
             ctx.exit(130)
+        except OSError as exc:
+            message, code = _os_error(exc)
+            _error_line(message)
+            ctx.exit(code)
         except Exception as exc:
             verbosity = (ctx.obj or {}).get("verbosity", 0)
             if verbosity >= 2:
