@@ -43,17 +43,21 @@ mkdir -p "$OUT"
 "$RS" predict "$OUT/models/a-b.safetensors" sample_data/area_b/area_b.tif --out "$OUT/map-b" \
     --regularize --geojson --overwrite
 
-# 7. Rank the new area's tiles for annotation and export the top ones as a batch.
-"$RS" rank "$OUT/pred-b" --formula entropy-iou --top 6 --out "$OUT/batch-01" --overwrite
+# 7. Rank the new area's tiles for annotation and export the top ones as a batch (for QGIS and
+#    JOSM, and with --label-studio a Label Studio import and labelling config).
+"$RS" rank "$OUT/pred-b" --formula entropy-iou --top 6 --out "$OUT/batch-01" --label-studio \
+    --overwrite
 
-# 8. People correct the batch in QGIS/JOSM; here a simulated annotator draws the true
-#    footprints into tasks/*/buildings.gpkg and marks the tasks done (one is skipped).
-"$PY" examples/simulated_annotator.py "$OUT/batch-01" sample_data/area_b/buildings.gpkg --skip 1
+# 8. People correct the batch; here a simulated annotator draws the true footprints in Label
+#    Studio and the project is exported as JSON (one task is skipped). In QGIS/JOSM the
+#    corrections would be saved in tasks/*/ instead, and finetune reads them there.
+"$PY" examples/simulated_annotator.py "$OUT/batch-01" sample_data/area_b/buildings.gpkg --skip 1 \
+    --label-studio "$OUT/batch-01-label-studio-export.json"
 
 # 9. Fine-tune the adapted model on the corrected batch (replaying area A so it does not forget
 #    it), then predict and evaluate again; the next batch leaves out the tiles already labelled.
 "$RS" finetune "$OUT/models/a-b.safetensors" "$OUT/batch-01" --out "$OUT/models/ft-01.safetensors" \
-    --replay "$OUT/tiles-a" --overwrite
+    --labels "$OUT/batch-01-label-studio-export.json" --replay "$OUT/tiles-a" --overwrite
 "$RS" predict "$OUT/models/ft-01.safetensors" "$OUT/tiles-b" --out "$OUT/pred-b-01" --overwrite
 "$RS" evaluate "$OUT/models/ft-01.safetensors" "$OUT/tiles-b-truth" --out "$OUT/eval-b-01" \
     --overwrite --json > "$OUT/eval-b-01.json"

@@ -21,14 +21,15 @@ from rscrisis import __version__
 from rscrisis.batch import (
     EDIT_GEOJSON,
     EDIT_GPKG,
+    EDIT_OSM,
     IMAGE,
     LABEL_STUDIO,
+    LABEL_STUDIO_CONFIG,
     PRODUCTS,
     RANKING_CSV,
     RANKING_GPKG,
     README,
     STATUS,
-    TASKS,
     TASKS_GEOJSON,
     BatchLayout,
     Task,
@@ -44,6 +45,7 @@ from rscrisis.outputs import atomic_path, claim_output_dir, write_csv_atomic, wr
 from rscrisis.progress import Progress, no_progress
 from rscrisis.ranking import REQUIRED, Spacing, priority, select
 from rscrisis.raster_io import open_raster, read_raster
+from rscrisis.vector_io import read_osm, write_osm
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +244,7 @@ def rank(
             [Task(r.task, r.tile_id, int(r.rank), "todo") for r in ranking.itertuples(index=False)],
         )
         if config.label_studio:
-            _write_label_studio(ranking, out, tasks_meta)
+            _write_label_studio(ranking, out, tasks_meta, config)
         (out / README).write_text(_readme(ranking, config, pred), encoding="utf-8")
         result = RankResult(
             out=str(out),
@@ -322,11 +324,28 @@ def _export_task(pred: PredictionSet, row, out: Path, config: RankConfig) -> dic
     frame["geometry"] = frame.geometry.intersection(tile_area)
     frame = frame[frame.geometry.geom_type.isin(["Polygon", "MultiPolygon"])]
     frame = frame.explode(index_parts=False).reset_index(drop=True)
+    # typed POLYGON even when empty (QGIS offers polygon drawing on a typed layer only), and
+    # the layer named "buildings", not after the temporary file
     with atomic_path(task_dir / EDIT_GPKG) as tmp:
-        frame.to_file(tmp, layer="buildings", driver="GPKG", engine="pyogrio")
-    wgs84 = frame.to_crs("EPSG:4326")
+        frame.to_file(
+            tmp, layer="buildings", driver="GPKG", engine="pyogrio", geometry_type="Polygon"
+        )
+    # JOSM turns every GeoJSON property into an OSM tag: building=yes, and the model's own
+    # fields namespaced so they are plainly not OSM tags
+    wgs84 = frame.to_crs("EPSG:4326").rename(
+        columns={"building_id": "rscrisis:building_id", "mean_prob": "rscrisis:mean_prob"}
+    )
     with atomic_path(task_dir / EDIT_GEOJSON) as tmp:
-        wgs84.to_file(tmp, driver="GeoJSON", engine="pyogrio", layer_options={"RFC7946": "YES"})
+        wgs84.to_file(
+            tmp,
+            layer="buildings",
+            driver="GeoJSON",
+            engine="pyogrio",
+            geometry_type="Polygon",
+            layer_options={"RFC7946": "YES", "COORDINATE_PRECISION": 7},
+        )
+    with atomic_path(task_dir / EDIT_OSM) as tmp:
+        write_osm(tmp, wgs84.geometry.values)
     return {
         "task": row.task,
         "tile_id": row.tile_id,
@@ -338,6 +357,7 @@ def _export_task(pred: PredictionSet, row, out: Path, config: RankConfig) -> dic
         "fingerprints": {
             EDIT_GPKG: geometry_fingerprint(frame),
             EDIT_GEOJSON: geometry_fingerprint(_reread(task_dir / EDIT_GEOJSON)),
+            EDIT_OSM: geometry_fingerprint(read_osm(task_dir / EDIT_OSM)),
         },
     }
 
@@ -360,18 +380,24 @@ def _write_tables(ranking, out: Path) -> None:
     grid = ranking[["rank", "task", "tile_id", "score", "geometry"]].assign(status="todo")
     grid = grid.to_crs("EPSG:4326")
     with atomic_path(out / TASKS_GEOJSON) as tmp:
-        grid.to_file(tmp, driver="GeoJSON", engine="pyogrio", layer_options={"RFC7946": "YES"})
+        grid.to_file(
+            tmp, layer="tasks", driver="GeoJSON", engine="pyogrio", layer_options={"RFC7946": "YES"}
+        )
 
 
-def _write_label_studio(ranking, out: Path, tasks_meta: list[dict]) -> None:
-    """Label Studio import: one task per tile, PNG image, the model's polygons as a
-    prediction (points in percent of the image, Label Studio's convention)."""
+def _write_label_studio(ranking, out: Path, tasks_meta: list[dict], config: RankConfig) -> None:
+    """Label Studio import (:mod:`rscrisis.label_studio`): one task per tile with a PNG image,
+    the model's polygons as a prediction scored by the rank score, and the labelling config."""
     import geopandas as gpd
+    import shapely
     from PIL import Image
 
+    from rscrisis.label_studio import LABEL_CONFIG, image_url, task_results
+
+    scores = dict(zip(ranking.task, ranking.score, strict=True))
     items = []
     for meta in tasks_meta:
-        task_dir = out / TASKS / meta["task"]
+        task_dir = BatchLayout(out).task_dir(meta["task"])
         with read_raster(task_dir / IMAGE) as ds:
             data = ds.read(list(range(1, min(ds.count, 3) + 1)))
             inv = ~ds.transform
@@ -382,37 +408,34 @@ def _write_label_studio(ranking, out: Path, tasks_meta: list[dict]) -> None:
         img = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
         Image.fromarray(img).save(task_dir / "image.png")
         frame = gpd.read_file(task_dir / EDIT_GPKG, engine="pyogrio")
-        results = []
-        for k, geom in enumerate(frame.geometry.values):
-            pts = [inv @ xy for xy in list(geom.exterior.coords)[:-1]]
-            results.append(
-                {
-                    "id": f"{meta['task']}-{k}",
-                    "type": "polygonlabels",
-                    "from_name": "label",
-                    "to_name": "image",
-                    "original_width": w,
-                    "original_height": h,
-                    "value": {
-                        "points": [
-                            [min(max(100 * x / w, 0.0), 100.0), min(max(100 * y / h, 0.0), 100.0)]
-                            for x, y in pts
-                        ],
-                        "polygonlabels": ["building"],
-                    },
-                }
-            )
+        polygons = [
+            shapely.transform(g, lambda xy, inv=inv: np.column_stack(inv @ (xy[:, 0], xy[:, 1])))
+            for g in frame.geometry.values
+        ]
+        score = float(scores[meta["task"]])
         items.append(
             {
                 "id": meta["rank"],
                 "data": {
-                    "image": f"/data/local-files/?d={TASKS}/{meta['task']}/image.png",
+                    "image": image_url(config.label_studio_prefix, out, meta["task"]),
+                    "task": meta["task"],
                     "tile_id": meta["tile_id"],
+                    "rank": meta["rank"],
                 },
-                "predictions": [{"model_version": "rscrisis", "result": results}],
+                "predictions": [
+                    {
+                        "model_version": f"rscrisis {__version__}",
+                        "score": round(score, 4) if np.isfinite(score) else None,
+                        "result": task_results(
+                            meta["task"], polygons, frame["mean_prob"].tolist(), w, h
+                        ),
+                    }
+                ],
             }
         )
     write_json_atomic(out / LABEL_STUDIO, items)
+    with atomic_path(out / LABEL_STUDIO_CONFIG) as tmp:
+        tmp.write_text(LABEL_CONFIG, encoding="utf-8")
 
 
 def _readme(ranking, config: RankConfig, pred: PredictionSet) -> str:
@@ -428,18 +451,34 @@ def _readme(ranking, config: RankConfig, pred: PredictionSet) -> str:
         "",
         "1. Open `image.tif` and **one** of the pre-annotation files:",
         "   - QGIS: `buildings.gpkg` (tile CRS). Toggle editing, fix, save.",
-        "   - JOSM: `buildings.geojson` (WGS 84). Fix, then save back to the same file.",
+        "   - JOSM: `buildings.osm` (File > Open; its layer is marked never to upload, so model",
+        "     output cannot reach OpenStreetMap by mistake), or `buildings.geojson`. Show",
+        "     `image.tif` with the ImportImage plugin (File > Import image). Tag every new",
+        "     building `building=yes`: JOSM saves an untagged shape as a line, which is refused.",
+        "     Save back to the same file (File > Save, .osm or .geojson).",
         "2. Make every building in the image a polygon, and only buildings:",
         "   - delete polygons that are not buildings; draw missing buildings;",
         "   - move or reshape outlines to the roof edges (squared corners where the roof is);",
         "   - buildings cut by the tile edge: draw the part inside the tile (or the whole",
         "     building; anything outside the tile is ignored);",
         "   - a tile with no building at all: delete every polygon and save the empty file.",
-        "   Edit one of the two files only. If both change, rscrisis refuses the task.",
+        "   Edit one of the files only. If two change, rscrisis refuses the task.",
         "3. In `status.csv`, set the task's `status` to `done` (or `skipped` if the image cannot",
         "   be annotated: clouds, blur, unsure), and optionally your name and a note.",
         "   Tasks left `todo` are not used.",
         "",
+        *(
+            [
+                "Label Studio: serve the folder holding this batch as the local-files document",
+                "root, paste `labelstudio.xml` as the labelling interface and import",
+                "`labelstudio.json`. Draw courtyards (holes) as `courtyard` polygons. Mark the",
+                "tasks done in `status.csv`, export the project as JSON and pass the export to",
+                "`rscrisis finetune ... --labels EXPORT.json`.",
+                "",
+            ]
+            if config.label_studio
+            else []
+        ),
         "`tasks.geojson` is the task grid (for the Tasking Manager or a QGIS task layer);",
         "`ranking.csv` says why each tile was chosen (score and its components).",
         "",

@@ -37,11 +37,27 @@ TASKS_GEOJSON = "tasks.geojson"
 STATUS = "status.csv"
 TASKS = "tasks"
 LABEL_STUDIO = "labelstudio.json"
+LABEL_STUDIO_CONFIG = "labelstudio.xml"
 LABELS = "labels"
-PRODUCTS = (README, MANIFEST, RANKING_GPKG, RANKING_CSV, TASKS_GEOJSON, STATUS, TASKS, LABEL_STUDIO)
+PRODUCTS = (
+    README,
+    MANIFEST,
+    RANKING_GPKG,
+    RANKING_CSV,
+    TASKS_GEOJSON,
+    STATUS,
+    TASKS,
+    LABEL_STUDIO,
+    LABEL_STUDIO_CONFIG,
+)
 IMAGE = "image.tif"
 EDIT_GPKG = "buildings.gpkg"
 EDIT_GEOJSON = "buildings.geojson"
+#: the same pre-annotation as OSM XML for JOSM (upload="never": model output must never be
+#: uploaded to OpenStreetMap by mistake)
+EDIT_OSM = "buildings.osm"
+#: every pre-annotation file of a task; the edited one is found by fingerprint
+EDIT_FILES = (EDIT_GPKG, EDIT_GEOJSON, EDIT_OSM)
 STATUSES = ("todo", "done", "skipped")
 STATUS_FIELDS = ("task", "tile_id", "rank", "status", "annotator", "note")
 

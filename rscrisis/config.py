@@ -327,7 +327,15 @@ class RankConfig(_Config):
     min_area: float = Field(2.0, ge=0, description="pre-annotation: drop smaller buildings (m²)")
     simplify: float = Field(0.3, ge=0, description="pre-annotation simplification (m)")
     regularize: bool = Field(True, description="pre-annotation outlines squared")
-    label_studio: bool = Field(False, description="also write a Label Studio import file")
+    label_studio: bool = Field(
+        False, description="also write a Label Studio import file and labelling config"
+    )
+    label_studio_prefix: str = Field(
+        "/data/local-files/?d={batch}/",
+        min_length=1,
+        description="Label Studio image URL prefix; {batch} is the batch folder's name (the "
+        "default serves the folder holding the batches as the local-files root)",
+    )
 
 
 class FinetuneConfig(_Config):

@@ -361,6 +361,7 @@ def finetune(
     *,
     config: FinetuneConfig | None = None,
     labels_file: str | Path | None = None,
+    labels_layer: str | None = None,
     overwrite: bool = False,
     progress: Progress = no_progress,
 ) -> FinetuneResult:
@@ -375,7 +376,9 @@ def finetune(
     batches = [Path(b) for b in batches]
     # read first: a clear error for a folder that is not a batch, before anything is written
     manifests = {b: BatchLayout(b).read_manifest() for b in batches}
-    reports = ingest(batches, labels_file=labels_file, repair=config.repair)
+    reports = ingest(
+        batches, labels_file=labels_file, labels_layer=labels_layer, repair=config.repair
+    )
 
     new_sets, new_ids, batch_records = [], set(), []
     for b, report in zip(batches, reports, strict=True):

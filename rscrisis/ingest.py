@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rscrisis.batch import EDIT_GEOJSON, EDIT_GPKG, IMAGE, BatchLayout, geometry_fingerprint
+from rscrisis.batch import EDIT_FILES, IMAGE, BatchLayout, geometry_fingerprint
 from rscrisis.errors import InputError, LabelError
 from rscrisis.raster_io import one_band_profile, read_raster
 from rscrisis.tileset import (
@@ -51,6 +51,8 @@ class IngestReport:
     buildings: int = 0
     repaired: int = 0
     sources: dict[str, str] = field(default_factory=dict)
+    #: done tasks whose corrections hold no building where the pre-annotation had some
+    emptied: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +68,7 @@ class _Planned:
     source: str
 
 
-def _read_polygons(path: Path):
+def _read_polygons(path: Path, layer: str | None = None):
     from rscrisis.vector_io import read_vector
 
     if not path.exists():
@@ -75,17 +77,36 @@ def _read_polygons(path: Path):
             path=path,
             hint="restore the task folder from the export (or mark the task skipped)",
         )
-    return read_vector(path)
+    return read_vector(path, layer)
+
+
+#: files a task folder may hold besides the pre-annotations (anything else is reported)
+_TASK_FILES = {IMAGE, "image.png", *EDIT_FILES}
+_VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".osm", ".shp", ".kml", ".gml", ".fgb")
 
 
 def _choose_source(task_dir: Path, fingerprints: dict) -> Path:
-    """The pre-annotation file the annotator edited (by content), or the GeoPackage."""
-    present = [n for n in (EDIT_GPKG, EDIT_GEOJSON) if (task_dir / n).exists()]
+    """The pre-annotation file the annotator edited (by content, across the GeoPackage, the
+    GeoJSON and the OSM XML), or the GeoPackage when none was. A file of a kind rscrisis did
+    not export (an ``.osm`` in a batch from before .osm pre-annotations) counts as edited."""
+    present = [n for n in EDIT_FILES if (task_dir / n).exists()]
     if not present:
         raise LabelError(
-            f"has neither {EDIT_GPKG} nor {EDIT_GEOJSON}",
+            f"has none of {', '.join(EDIT_FILES)}",
             path=task_dir,
             hint="restore the corrected file, or mark the task skipped in status.csv",
+        )
+    extra = sorted(
+        p.name
+        for p in task_dir.iterdir()
+        if p.name not in _TASK_FILES and p.suffix.lower() in _VECTOR_SUFFIXES
+    )
+    if extra:
+        log.warning(
+            "%s: ignored %s (corrections are read from %s only)",
+            task_dir.name,
+            ", ".join(extra),
+            ", ".join(EDIT_FILES),
         )
     edited = []
     for name in present:
@@ -94,9 +115,9 @@ def _choose_source(task_dir: Path, fingerprints: dict) -> Path:
             edited.append(name)
     if len(edited) > 1:
         raise LabelError(
-            f"both {EDIT_GPKG} and {EDIT_GEOJSON} were edited, so it is unclear which is right",
+            f"{' and '.join(edited)} were all edited, so it is unclear which is right",
             path=task_dir,
-            hint="keep the corrections in one file and delete the other",
+            hint="keep the corrections in one file and delete the others",
         )
     return task_dir / (edited[0] if edited else present[0])
 
@@ -106,12 +127,19 @@ def _validate(frame, path: Path, tile_crs, area, repair: bool) -> tuple[list, in
     import shapely
 
     geoms = [g for g in frame.geometry.values if g is not None and not g.is_empty]
-    other = [g.geom_type for g in geoms if g.geom_type not in POLYGONAL]
+    other = [g for g in geoms if g.geom_type not in POLYGONAL]
     if other:
+        closed = [g for g in other if g.geom_type == "LineString" and g.is_closed]
+        hint = "buildings must be closed polygons; close or delete those features"
+        if closed:  # what JOSM writes for a building drawn without a tag
+            hint = (
+                f"{len(closed)} of them are closed lines, which JOSM writes for a building "
+                "without tags: tag each building=yes in JOSM and save again"
+            )
         raise LabelError(
-            f"holds {len(other)} non-polygon feature(s) (first: {other[0]})",
+            f"holds {len(other)} non-polygon feature(s) (first: {other[0].geom_type})",
             path=path,
-            hint="buildings must be closed polygons; close or delete those features",
+            hint=hint,
         )
     invalid = [i for i, g in enumerate(geoms) if not g.is_valid]
     repaired = 0
@@ -143,7 +171,7 @@ def _validate(frame, path: Path, tile_crs, area, repair: bool) -> tuple[list, in
 
 
 def plan_batch(
-    root: Path, labels_file: Path | None, repair: bool
+    root: Path, labels_file: Path | None, repair: bool, labels_layer: str | None = None
 ) -> tuple[list[_Planned], IngestReport]:
     """Validate one batch's corrections; nothing is written."""
 
@@ -151,7 +179,15 @@ def plan_batch(
     manifest = layout.read_manifest()
     tasks = {t["task"]: t for t in manifest.get("tasks", [])}
     report = IngestReport(batch=str(root), labels=str(layout.labels))
-    merged = _read_polygons(labels_file) if labels_file else None
+    from rscrisis import label_studio
+
+    studio = None
+    if labels_file is not None and label_studio.is_export(labels_file):
+        studio = label_studio.read_export(labels_file)
+        merged = None
+    else:
+        merged = _read_polygons(labels_file, labels_layer) if labels_file else None
+    merged_used = 0  # tasks the merged file had polygons for
     planned = []
     for task in layout.read_status():
         if task.status != "done":
@@ -172,12 +208,30 @@ def plan_batch(
             )
         with read_raster(image) as ds:
             crs, area = ds.crs, footprint(ds.transform, ds.width, ds.height)
-        if merged is not None:
+            transform, size = ds.transform, (ds.width, ds.height)
+        if studio is not None:
+            source = labels_file
+            annotation = studio.get(task.task)
+            if annotation is None:
+                raise LabelError(
+                    f"has no annotation of task {task.task!r}, which status.csv marks done",
+                    path=labels_file,
+                    hint="annotate it in Label Studio and export again, or set it back to todo",
+                )
+            import geopandas as gpd
+
+            polygons = label_studio.to_polygons(annotation, transform, *size)
+            frame = gpd.GeoDataFrame(geometry=polygons, crs=crs)
+            geoms, repaired = (
+                _validate(frame, labels_file, crs, area, repair) if polygons else ([], 0)
+            )
+        elif merged is not None:
             source = labels_file
             frame = merged[merged.intersects(_to_crs(area, crs, merged.crs))]
             if len(frame) == 0:
                 geoms, repaired = [], 0
             else:
+                merged_used += 1
                 geoms, repaired = _validate(frame, labels_file, crs, area, repair)
         else:
             source = _choose_source(task_dir, meta.get("fingerprints", {}))
@@ -186,8 +240,25 @@ def plan_batch(
         report.buildings += len(geoms)
         report.repaired += repaired
         report.sources[task.task] = Path(source).name
+        if not geoms and meta.get("pre_annotation_buildings", 0) > 0:
+            report.emptied.append(task.task)
         planned.append(
             _Planned(task.task, task.tile_id, image, Path(meta["tileset"]), geoms, str(source))
+        )
+    if merged is not None and len(merged) and planned and not merged_used:
+        raise LabelError(
+            f"none of its {len(merged)} polygon(s) lies in any of the batch's {len(planned)} "
+            "done task(s)",
+            path=labels_file,
+            hint="its CRS is probably wrong, or it belongs to another batch: check it in QGIS "
+            "against the batch's tasks.geojson",
+        )
+    if report.emptied:
+        log.warning(
+            "%d done task(s) read as empty although the model pre-annotated buildings there "
+            "(%s): they train as 'no building here'",
+            len(report.emptied),
+            ", ".join(report.emptied[:5]),
         )
     return planned, report
 
@@ -276,12 +347,18 @@ def write_labels(root: Path, planned: list[_Planned]) -> Path:
 
 
 def ingest(
-    batches: list[str | Path], *, labels_file: str | Path | None = None, repair: bool = False
+    batches: list[str | Path],
+    *,
+    labels_file: str | Path | None = None,
+    labels_layer: str | None = None,
+    repair: bool = False,
 ) -> list[IngestReport]:
     """Validate every batch, then write each one's ``labels/`` tile set."""
     plans = []
     for b in batches:
-        planned, report = plan_batch(Path(b), Path(labels_file) if labels_file else None, repair)
+        planned, report = plan_batch(
+            Path(b), Path(labels_file) if labels_file else None, repair, labels_layer
+        )
         plans.append((Path(b), planned, report))
     if not any(planned for _, planned, _ in plans):
         raise InputError(

@@ -156,6 +156,7 @@ class _BatchTask(_Lenient):
     task: str
     tileset: str
     fingerprints: dict[str, str | None] = {}
+    pre_annotation_buildings: StrictInt = 0
 
 
 class BatchManifest(_Lenient):

@@ -326,7 +326,9 @@ class BuildingLayer:
     Memory stays bounded by the chunk, whatever the number of buildings. Files are written
     under their partial names; :meth:`commit` renames them into place, :meth:`discard` deletes
     them. The GeoJSON is written as text, feature by feature: GDAL's GeoJSON driver would
-    reload the whole file for every appended chunk.
+    reload the whole file for every appended chunk. It is RFC 7946, what JOSM and web tools
+    read: EPSG:4326 longitude/latitude with 7 decimals (1 cm), exterior rings counter-clockwise,
+    no ``crs`` member. The GeoPackage keeps the scene's CRS.
     """
 
     def __init__(self, gpkg: Path, crs, geojson: Path | None = None, chunk: int = 2048):
@@ -341,11 +343,16 @@ class BuildingLayer:
         self.count = 0
         self._buffer: list[dict] = []
         self._json = None
-        #: a CRS without an EPSG code cannot be named in GeoJSON text: let GDAL convert at the end
-        self._convert_geojson = geojson is not None and crs is not None and crs.to_epsg() is None
-        if self.tmp_geojson is not None and not self._convert_geojson:
+        self._to_wgs84 = None
+        if self.tmp_geojson is not None:
+            from pyproj import CRS, Transformer
+
+            source = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+            self._to_wgs84 = Transformer.from_crs(source, "EPSG:4326", always_xy=True)
             self._json = open(self.tmp_geojson, "w")  # noqa: SIM115 (closed in commit/discard)
-            self._json.write(_geojson_header(crs))
+            self._json.write(
+                '{\n"type": "FeatureCollection",\n"name": "buildings",\n"features": [\n'
+            )
         self._first_feature = True
 
     def add(self, record: dict | None) -> None:
@@ -371,7 +378,9 @@ class BuildingLayer:
         )
         if self._json is not None:
             for record in self._buffer:
-                self._json.write(_geojson_feature(record, first=self._first_feature))
+                self._json.write(
+                    _geojson_feature(record, self._to_wgs84, first=self._first_feature)
+                )
                 self._first_feature = False
         self._buffer = []
 
@@ -385,12 +394,6 @@ class BuildingLayer:
             self._json.write("\n]\n}\n")
             self._json.close()
             os.replace(self.tmp_geojson, self.geojson)
-        if self._convert_geojson:
-            import pyogrio
-
-            frame = pyogrio.read_dataframe(self.gpkg, layer="buildings")
-            pyogrio.write_dataframe(frame, self.tmp_geojson, driver="GeoJSON")
-            os.replace(self.tmp_geojson, self.geojson)
         return self.count
 
     def discard(self) -> None:
@@ -401,27 +404,34 @@ class BuildingLayer:
                 tmp.unlink(missing_ok=True)
 
 
-def _geojson_header(crs) -> str:
-    import json
+def rfc7946_geometry(geom, to_wgs84) -> dict:
+    """``geom`` as an RFC 7946 GeoJSON geometry: to EPSG:4326 lon/lat through the pyproj
+    ``to_wgs84`` transformer, 7 decimals, exterior rings counter-clockwise."""
+    from shapely.geometry import mapping
+    from shapely.geometry.polygon import orient
 
-    head = '{\n"type": "FeatureCollection",\n"name": "buildings",\n'
-    epsg = crs.to_epsg() if crs is not None else None
-    if epsg is not None and epsg != 4326:  # RFC 7946 has no crs member; GDAL reads this one
-        member = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
-        head += f'"crs": {json.dumps(member)},\n'
-    return head + '"features": [\n'
+    ll = shapely.transform(
+        geom, lambda xy: np.round(np.column_stack(to_wgs84.transform(xy[:, 0], xy[:, 1])), 7)
+    )
+    parts = [orient(p, 1.0) for p in shapely.get_parts(ll) if p.geom_type == "Polygon"]
+    if ll.geom_type == "Polygon" and parts:
+        ll = parts[0]
+    elif ll.geom_type == "MultiPolygon":
+        ll = shapely.MultiPolygon(parts)
+    return mapping(ll)
 
 
-def _geojson_feature(record: dict, first: bool) -> str:
+def _geojson_feature(record: dict, to_wgs84, first: bool) -> str:
     import json
 
     props = {k: record[k] for k in BUILDING_COLUMNS}
+    geometry = rfc7946_geometry(record["geometry"], to_wgs84)
     return (
         ("" if first else ",\n")
         + '{ "type": "Feature", "properties": '
         + json.dumps(props)
         + ', "geometry": '
-        + shapely.to_geojson(record["geometry"])
+        + json.dumps(geometry)
         + " }"
     )
 

@@ -362,10 +362,10 @@ def generate_sample_data(
     try:
         crs = CRS.from_epsg(config.epsg)
     except Exception as exc:  # rasterio's CRSError
-        raise InputError(f"invalid --epsg: EPSG:{config.epsg} is not a known CRS") from exc
+        raise InputError(f"invalid epsg: EPSG:{config.epsg} is not a known CRS") from exc
     if not crs.is_projected or abs(crs.linear_units_factor[1] - 1) > 1e-9:
         raise InputError(
-            f"invalid --epsg: EPSG:{config.epsg} is not a projected CRS in metres",
+            f"invalid epsg: EPSG:{config.epsg} is not a projected CRS in metres",
             hint="use a UTM zone, e.g. 32645",
         )
     with claim_output_dir(out, SAMPLE_PRODUCTS, overwrite=overwrite):

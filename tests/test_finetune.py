@@ -127,7 +127,7 @@ def _invalid(batch, task):
 
 
 def _missing(batch, task):
-    for name in ("buildings.gpkg", "buildings.geojson"):
+    for name in ("buildings.gpkg", "buildings.geojson", "buildings.osm"):
         (batch / "tasks" / task / name).unlink()
 
 
@@ -152,8 +152,8 @@ def _points(batch, task):
     [
         (_wrong_crs, "crs"),
         (_invalid, "invalid polygon"),
-        (_missing, "neither"),
-        (_both_edited, "both"),
+        (_missing, "has none of"),
+        (_both_edited, "were all edited"),
         (_points, "non-polygon"),
     ],
 )

@@ -444,3 +444,40 @@ def test_simulate_on_too_small_a_pool_leaves_no_output_folder(
     r = invoke("simulate", tiny_model, tiny_tiles, "--out", out, "--rounds", "50", "--batch", "10")
     assert "fewer than the budget" in _one_error_line(r)
     assert not out.exists()
+
+
+def test_every_option_a_message_suggests_exists():
+    """Hints name options to fix a problem with; each must be a real option of some command
+    (a hint once suggested predict --resume and simulate --val-fraction, which do not exist)."""
+    import ast
+    import re
+
+    import typer.main
+
+    from rscrisis.cli.main import app
+
+    group = typer.main.get_command(app)
+    options = {"--help", "--version"}
+    for command in group.commands.values():
+        for param in command.params:
+            options.update(o.split("/")[0] for o in [*param.opts, *param.secondary_opts])
+    package = Path(__file__).resolve().parents[1] / "rscrisis"
+    unknown = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if id(node) in docstrings:
+                    continue
+                for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", node.value):
+                    if option not in options:
+                        unknown.setdefault(option, path.name)
+    assert not unknown, unknown

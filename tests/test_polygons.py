@@ -201,13 +201,58 @@ def test_building_layer_streams_chunks_into_gpkg_and_geojson(tmp_path):
             assert not (tmp_path / "b.gpkg").exists()
     layer.add(None)
     assert layer.commit() == 8
-    for name in ("b.gpkg", "b.geojson"):
-        frame = gpd.read_file(tmp_path / name)
+    gpkg, geojson = (gpd.read_file(tmp_path / n) for n in ("b.gpkg", "b.geojson"))
+    for frame in (gpkg, geojson):
         assert list(frame.building_id) == list(range(1, 9))
-        assert frame.crs.to_epsg() == 32645
         assert frame.area_m2.tolist() == [4.0 + i for i in range(8)]
-        assert frame.geometry.iloc[7].bounds == (354_070.0, 0.0, 354_072.0, 2.0)
+    assert gpkg.crs.to_epsg() == 32645  # the scene's CRS
+    assert gpkg.geometry.iloc[7].bounds == (354_070.0, 0.0, 354_072.0, 2.0)
+    assert geojson.crs.to_epsg() == 4326  # RFC 7946
+    back = geojson.to_crs(32645).geometry.iloc[7].bounds
+    assert back == pytest.approx((354_070.0, 0.0, 354_072.0, 2.0), abs=0.02)  # 7 decimals
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.geojson", "b.gpkg"]
+
+
+def _check_rfc7946(doc: dict) -> None:
+    """The parts of RFC 7946 a reader relies on: no crs member, lon/lat in range, at most 7
+    decimals, closed rings with exterior rings counter-clockwise and holes clockwise."""
+    from shapely.geometry import LinearRing
+
+    assert "crs" not in doc and doc["type"] == "FeatureCollection"
+    for feature in doc["features"]:
+        geometry = feature["geometry"]
+        polygons = (
+            [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+        )
+        assert geometry["type"] in ("Polygon", "MultiPolygon")
+        for rings in polygons:
+            for k, ring in enumerate(rings):
+                assert ring[0] == ring[-1] and len(ring) >= 4
+                for lon, lat in ring:
+                    assert -180 <= lon <= 180 and -90 <= lat <= 90
+                    assert round(lon, 7) == lon and round(lat, 7) == lat
+                assert LinearRing(ring).is_ccw == (k == 0)
+
+
+def test_building_layer_geojson_passes_an_rfc7946_check(tmp_path):
+    import json
+
+    from rasterio.crs import CRS
+
+    layer = BuildingLayer(tmp_path / "b.gpkg", CRS.from_epsg(32645), tmp_path / "b.geojson")
+    outer = [(354_000, 3_057_000), (354_000, 3_057_020), (354_020, 3_057_020), (354_020, 3_057_000)]
+    hole = [(354_005, 3_057_005), (354_010, 3_057_005), (354_010, 3_057_010), (354_005, 3_057_010)]
+    layer.add(
+        {
+            "area_m2": 375.0,
+            "mean_prob": 0.9,
+            "pixels": 4000,
+            "oversize": False,
+            "geometry": Polygon(outer, [hole]),  # clockwise exterior, as rasters give them
+        }
+    )
+    layer.commit()
+    _check_rfc7946(json.loads((tmp_path / "b.geojson").read_text()))
 
 
 def test_building_layer_discard_leaves_nothing(tmp_path):

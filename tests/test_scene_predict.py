@@ -104,7 +104,7 @@ def test_buildings_across_window_and_strip_borders_are_single_polygons(pixel_mod
     assert big.geometry.area == pytest.approx(50 * 100 * 0.09)
     assert frame.mean_prob.min() > 0.9
     geojson = gpd.read_file(tmp_path / "map" / "buildings.geojson")
-    assert geojson.crs == "EPSG:32645"
+    assert geojson.crs == "EPSG:4326"  # RFC 7946; the GeoPackage keeps the scene's CRS
     assert list(geojson.building_id) == list(frame.building_id)
     assert geojson.area_m2.tolist() == frame.area_m2.tolist()
     assert not frame.oversize.any()

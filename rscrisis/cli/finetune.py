@@ -36,8 +36,12 @@ def finetune_command(
         Path | None,
         typer.Option(
             help="One vector file with the corrected buildings of all done tasks, used instead "
-            "of the per-task files (e.g. a JOSM layer saved as GeoJSON)."
+            "of the per-task files (a JOSM layer saved as .osm or GeoJSON, a GeoPackage)."
         ),
+    ] = None,
+    labels_layer: Annotated[
+        str | None,
+        typer.Option(help="The layer of --labels to read, when it has several polygon layers."),
     ] = None,
     repair: Annotated[bool, typer.Option("--repair", help=describe(F, "repair"))] = default(
         F, "repair"
@@ -150,6 +154,7 @@ def finetune_command(
             out,
             config=config,
             labels_file=labels,
+            labels_layer=labels_layer,
             overwrite=overwrite,
             progress=progress,
         )

@@ -61,6 +61,9 @@ def rank_command(
     label_studio: Annotated[
         bool, typer.Option("--label-studio", help=describe(R, "label_studio"))
     ] = default(R, "label_studio"),
+    label_studio_prefix: Annotated[
+        str, typer.Option(help=describe(R, "label_studio_prefix"))
+    ] = default(R, "label_studio_prefix"),
     seed: Seed = default(R, "seed"),
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
@@ -91,6 +94,7 @@ def rank_command(
         exclude=tuple(str(e) for e in exclude or ()),
         regularize=regularize,
         label_studio=label_studio,
+        label_studio_prefix=label_studio_prefix,
         seed=seed,
     )
     with progress_bar("exporting tasks", enabled=level >= 0) as progress:
