@@ -348,3 +348,35 @@ def test_a_done_task_missing_from_the_label_studio_export_is_refused(studio_batc
     with pytest.raises(LabelError, match="has no annotation of task"):
         ingest([batch], labels_file=path)
     assert not BatchLayout(batch).labels.exists()
+
+
+def test_an_empty_pre_annotation_is_a_typed_polygon_layer(tiny_pred, exported, tmp_path):
+    """QGIS offers polygon drawing on a typed layer only: an empty task layer must be POLYGON
+    with the same fields as the others."""
+    import pyogrio
+
+    from rscrisis.annotation import rank
+
+    pred = tmp_path / "pred"
+    shutil.copytree(tiny_pred, pred)
+    manifest = json.loads((pred / "predict.json").read_text())
+    (pred / "predict.json").write_text(json.dumps({**manifest, "threshold": 0.9999}))
+    rank(pred, tmp_path / "empty", config=RankConfig(top=1))
+    (empty,) = json.loads((tmp_path / "empty" / "batch.json").read_text())["tasks"]
+    (full,) = json.loads((exported / "batch.json").read_text())["tasks"]
+    assert empty["pre_annotation_buildings"] == 0 < full["pre_annotation_buildings"]
+    infos = [
+        pyogrio.read_info(root / "tasks" / t["task"] / "buildings.gpkg", layer="buildings")
+        for root, t in ((tmp_path / "empty", empty), (exported, full))
+    ]
+    assert [i["geometry_type"] for i in infos] == ["Polygon", "Polygon"]
+    assert list(infos[0]["fields"]) == list(infos[1]["fields"])
+
+
+def test_an_unknown_vector_file_in_a_task_folder_is_reported(task, caplog):
+    batch, task_dir, _, _, _ = task
+    (task_dir / "my-edits.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    with caplog.at_level("WARNING"):
+        (report,) = ingest([batch])
+    assert report.taken
+    assert "my-edits.geojson" in caplog.text and "ignored" in caplog.text
