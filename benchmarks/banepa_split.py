@@ -28,9 +28,9 @@ def make_split(
     work: Path, resolution: float, size: int, pretrain_fraction: float = 0.45, seed: int = 0
 ) -> Split:
     from rscrisis.config import TileConfig
-    from rscrisis.label_noise import LabelNoise, write_noisy_labels
-    from rscrisis.tileset import read_index, write_subset
-    from rscrisis.tiling import tile
+    from rscrisis.geo.label_noise import LabelNoise, write_noisy_labels
+    from rscrisis.geo.tiling import tile
+    from rscrisis.io.tileset import read_index, write_subset
 
     scene = BANEPA / "train" / "scene.tif"
     osm = BANEPA / "train" / "buildings_osm.geojson"
@@ -60,7 +60,7 @@ def pretrain_robust(tileset: Path, model: Path, minutes: float) -> Path:
     """``rscrisis pretrain`` defaults on ``tileset`` for ``minutes`` of CPU wall time (skipped
     when ``model`` exists): the pretrained models the benchmarks share through --workdir."""
     from rscrisis.config import PretrainConfig
-    from rscrisis.training import train
+    from rscrisis.ml.training import train
 
     if not model.exists():
         train(

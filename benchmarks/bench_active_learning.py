@@ -65,7 +65,7 @@ def fair_scenes(work: Path, towns: tuple[str, ...]) -> tuple[list[Path], list[Pa
 def fair_tileset(work: Path, resolution: float, size: int) -> Path:
     """Kampala and Catanduanes, every cluster, tiled with their OSM outlines."""
     from rscrisis.config import TileConfig
-    from rscrisis.tiling import tile
+    from rscrisis.geo.tiling import tile
 
     out = work / "fair-oracle"
     if not (out / "index.gpkg").exists():
@@ -198,7 +198,7 @@ def main() -> None:
     import tempfile
 
     from rscrisis.config import AdaptConfig, FinetuneConfig, SimulateConfig
-    from rscrisis.simulation import simulate
+    from rscrisis.loop.simulate import simulate
 
     t0 = time.perf_counter()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_al_"))

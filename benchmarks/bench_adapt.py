@@ -44,7 +44,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 def setting_data(name: str, work: Path) -> tuple[Path, Path, Path]:
     """(model, pool, test) of a setting."""
     from rscrisis.config import SimulateConfig
-    from rscrisis.simulation import split_pool_test
+    from rscrisis.loop.simulate import split_pool_test
 
     if name == "synthetic":
         from bench_iou_head import _sample_data_model
@@ -64,9 +64,9 @@ def setting_data(name: str, work: Path) -> tuple[Path, Path, Path]:
 
 
 def main() -> None:
-    import rscrisis.adaptation as adaptation
+    import rscrisis.ml.adaptation as adaptation
     from rscrisis.config import AdaptConfig, PredictConfig
-    from rscrisis.evaluation import evaluate
+    from rscrisis.predict.evaluate import evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default="synthetic,fair")

@@ -8,7 +8,7 @@ The split and the pretrained model are those of bench_active_learning.py (share 
 reuse them): a model pretrained on the noisier OSM labels of the northern Banepa area, and
 the oracle area south of it, cut into a pool and a test band. For N random pool tiles (the same
 tiles for every recipe, per seed) each recipe fine-tunes the pretrained model with
-``rscrisis.finetune.finetune_tilesets`` (what ``finetune`` and ``simulate`` run) and is
+``rscrisis.loop.finetune.finetune_tilesets`` (what ``finetune`` and ``simulate`` run) and is
 evaluated on the test band. Two lopsided batches check "do no harm": N tiles that hold no
 building at all, with and without replay.
 
@@ -57,10 +57,10 @@ def main() -> None:
     import numpy as np
 
     from rscrisis.config import FinetuneConfig, PredictConfig, SimulateConfig
-    from rscrisis.evaluation import evaluate
-    from rscrisis.finetune import finetune_tilesets
-    from rscrisis.simulation import split_pool_test
-    from rscrisis.tileset import read_index, write_subset
+    from rscrisis.io.tileset import read_index, write_subset
+    from rscrisis.loop.finetune import finetune_tilesets
+    from rscrisis.loop.simulate import split_pool_test
+    from rscrisis.predict.evaluate import evaluate
 
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,8 @@ sys.path.insert(0, str(HERE))
 
 def _sample_data_model(work: Path) -> tuple[Path, Path]:
     from rscrisis.config import PretrainConfig, TileConfig
-    from rscrisis.tiling import tile
-    from rscrisis.training import train
+    from rscrisis.geo.tiling import tile
+    from rscrisis.ml.training import train
 
     sd = REPO / "sample_data"
     cfg = TileConfig(size=128, min_valid=0.2)
@@ -69,7 +69,7 @@ def _fair_model(work: Path, minutes: float) -> Path:
     from bench_active_learning import fair_scenes
 
     from rscrisis.config import TileConfig
-    from rscrisis.tiling import tile
+    from rscrisis.geo.tiling import tile
 
     tiles = work / "fair-all"
     if not (tiles / "index.gpkg").exists():
@@ -85,10 +85,10 @@ def _fair_model(work: Path, minutes: float) -> Path:
 
 
 def score_direction(name: str, model: Path, target: Path, k: int, seeds: int) -> list[dict]:
-    from rscrisis.calibration import FEATURES, IoUCalibrator, fit, rank_correlations
     from rscrisis.config import PredictConfig
-    from rscrisis.evaluation import evaluate
-    from rscrisis.model import read_meta
+    from rscrisis.ml.calibration import FEATURES, IoUCalibrator, fit, rank_correlations
+    from rscrisis.ml.model import read_meta
+    from rscrisis.predict.evaluate import evaluate
 
     ev = evaluate(model, [target], config=PredictConfig(batch_size=16))
     rows = [r for r in ev.per_tile if np.isfinite(r["true_iou"])]

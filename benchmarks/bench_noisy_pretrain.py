@@ -43,7 +43,7 @@ VARIANTS = ("scratch", "robust/all", "robust/encoder", "robust/encoder+decoder",
 
 def pretrain_models(split, work: Path, minutes: float) -> dict[str, Path]:
     from rscrisis.config import PretrainConfig, TrainConfig
-    from rscrisis.training import train
+    from rscrisis.ml.training import train
 
     models = {}
     common = {
@@ -70,10 +70,9 @@ def run_variant(
     variant, models, subset: Path, test: Path, n: int, seed: int, steps: int, batch: int, work: Path
 ) -> dict:
     from rscrisis.config import FinetuneConfig, PredictConfig, TrainConfig
-    from rscrisis.evaluation import evaluate
-    from rscrisis.finetune import finetune_train_config
-    from rscrisis.model import read_meta
-    from rscrisis.training import train
+    from rscrisis.ml.model import read_meta
+    from rscrisis.ml.training import train, training_lr
+    from rscrisis.predict.evaluate import evaluate
 
     epochs = max(1, math.ceil(steps / max(1, math.ceil(n / batch))))
     out = work / f"{variant.replace('/', '_')}-n{n}-s{seed}.safetensors"
@@ -86,21 +85,18 @@ def run_variant(
     else:
         source, transfer = variant.split("/")
         init = models[source]
-        ft = FinetuneConfig(
+        # fine-tuning from a pretrained model: its learning rate scaled as finetune scales it
+        lr = training_lr(read_meta(init)) * FinetuneConfig().lr_scale
+        cfg = TrainConfig(
             epochs=epochs,
             batch_size=batch,
+            lr=lr,
             val_fraction=0.0,
             patience=10_000,
             seed=seed,
             transfer=transfer,
         )
-        train(
-            [subset],
-            out,
-            config=finetune_train_config(read_meta(init), ft),
-            init=init,
-            overwrite=True,
-        )
+        train([subset], out, config=cfg, init=init, overwrite=True)
     seconds = time.perf_counter() - t0
     ev = evaluate(out, [test], config=PredictConfig(batch_size=16))
     out.unlink()
@@ -134,8 +130,8 @@ def main() -> None:
         raise SystemExit(f"{BANEPA} is not available")
 
     from rscrisis.config import SimulateConfig
-    from rscrisis.simulation import split_pool_test
-    from rscrisis.tileset import read_index, write_subset
+    from rscrisis.io.tileset import read_index, write_subset
+    from rscrisis.loop.simulate import split_pool_test
 
     t0 = time.perf_counter()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_np_"))

@@ -12,7 +12,7 @@ measurement runs in a fresh process whose peak RSS is reported:
 * ``forward``: the bare model forward pass on the scene's first windows (in memory before
   timing), same window, overlap and batch: the ceiling for end-to-end throughput (scene pixels
   / median batch time x batches);
-* ``rscrisis``: :func:`rscrisis.scene_predict.predict_scene` end to end (read, normalise, infer,
+* ``rscrisis``: :func:`rscrisis.predict.scene.predict_scene` end to end (read, normalise, infer,
   blend, write COGs, polygons), in the precision / memory-format variants asked for;
 * ``torchgeo``: the straightforward baseline: ``RasterDataset`` + ``GridGeoSampler`` +
   ``DataLoader`` with the same model, windows blended into full-scene arrays in memory (what
@@ -48,8 +48,8 @@ def _peak_rss_mb() -> float:
 
 def make_model(path: Path, scene: Path, encoder: str, tile: int) -> Path:
     """An untrained model whose metadata fits ``scene`` (no resampling, its own statistics)."""
-    from rscrisis.model import ModelMeta, build_model, save_model
-    from rscrisis.raster_io import inspect_scene
+    from rscrisis.io.raster import inspect_scene
+    from rscrisis.ml.model import ModelMeta, build_model, save_model
 
     info = inspect_scene(scene)
     meta = ModelMeta(
@@ -79,9 +79,9 @@ def child_forward(args) -> dict:
     import torch
 
     from rscrisis.config import SceneConfig
-    from rscrisis.model import load_model
-    from rscrisis.scene_predict import StageClock, _read_batches, prepare_scene
-    from rscrisis.training import autocast_dtype
+    from rscrisis.ml.device import autocast_dtype
+    from rscrisis.ml.model import load_model
+    from rscrisis.predict.scene import StageClock, _read_batches, prepare_scene
 
     cfg = SceneConfig(window=args.window, overlap=args.overlap, batch_size=args.batch_size)
     prep = prepare_scene(args.model, args.scene, cfg)
@@ -128,7 +128,7 @@ def child_rscrisis(args) -> dict:
     import torch  # noqa: F401
 
     from rscrisis.config import SceneConfig
-    from rscrisis.scene_predict import predict_scene
+    from rscrisis.predict.scene import predict_scene
 
     cfg = SceneConfig(
         window=args.window,
@@ -155,7 +155,7 @@ def child_torchgeo(args) -> dict:
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler
 
-    from rscrisis.model import load_model
+    from rscrisis.ml.model import load_model
 
     scene = Path(args.scene)
 
@@ -164,7 +164,7 @@ def child_torchgeo(args) -> dict:
         is_image = True
 
     from rscrisis.config import SceneConfig
-    from rscrisis.scene_predict import prepare_scene
+    from rscrisis.predict.scene import prepare_scene
 
     model, meta = load_model(args.model, "cpu")
     model.eval()

@@ -53,7 +53,7 @@ def make_scene(path: Path, size: int, seed: int = 0) -> tuple[Path, Path]:
     from affine import Affine
     from shapely import affinity
 
-    from rscrisis.synthetic import AREA_A, render_scene
+    from rscrisis.synth.scenes import AREA_A, render_scene
 
     block = 1536
     image, _, src_t, buildings = render_scene(AREA_A, block, 0.3, seed)

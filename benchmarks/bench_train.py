@@ -33,8 +33,8 @@ BANEPA = HERE.parent.parent / "shared" / "data" / "banepa"
 
 def split_tiles(work: Path, resolution: float, size: int, overlap: int, test_fraction: float):
     from rscrisis.config import TileConfig
-    from rscrisis.tileset import read_index, write_subset
-    from rscrisis.tiling import tile
+    from rscrisis.geo.tiling import tile
+    from rscrisis.io.tileset import read_index, write_subset
 
     scene = BANEPA / "train" / "scene.tif"
     labels = BANEPA / "train" / "buildings_osm.geojson"
@@ -68,9 +68,9 @@ def split_tiles(work: Path, resolution: float, size: int, overlap: int, test_fra
 
 def run(work: Path, encoder: str, minutes: float, args) -> dict:
     from rscrisis.config import PredictConfig, TrainConfig
-    from rscrisis.evaluation import evaluate
-    from rscrisis.inference import predict_tiles
-    from rscrisis.training import train
+    from rscrisis.ml.training import train
+    from rscrisis.predict.evaluate import evaluate
+    from rscrisis.predict.tiles import predict_tiles
 
     model = work / f"model-{encoder}.safetensors"
     t0 = time.perf_counter()
@@ -137,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (BANEPA / "train" / "scene.tif").exists():
         raise SystemExit(f"{BANEPA} is not available")
-    from rscrisis.model import ENCODERS
+    from rscrisis.ml.model import ENCODERS
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_train_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -190,7 +190,7 @@ class PretrainConfig(TrainConfig):
     """``rscrisis pretrain``: training on noisy labels (e.g. OSM), with robust defaults.
 
     Symmetric cross-entropy, label smoothing 0.1, confidence weighting 0.8 and a 2 px ignore
-    band around outlines; see rscrisis.losses for why each helps and the README for the
+    band around outlines; see rscrisis.ml.losses for why each helps and the README for the
     measurement behind these defaults.
     """
 
@@ -340,7 +340,7 @@ class RankConfig(_Config):
 
 class FinetuneConfig(_Config):
     """How ``rscrisis finetune`` (and every round of ``simulate``) adapts a model to corrected
-    tiles; see rscrisis.finetune for the procedure and README for the measurements."""
+    tiles; see rscrisis.loop.finetune for the procedure and README for the measurements."""
 
     steps: int = Field(
         150,
@@ -414,7 +414,8 @@ class FinetuneConfig(_Config):
     iou_loss_weight: float = Field(0.5, ge=0.0, description="weight of the IoU-head loss")
     augment: bool = Field(True, description="flips, 90° rotations, brightness/contrast, scale")
     calibrate: bool = Field(
-        True, description="refit the IoU calibrator on the corrected tiles (rscrisis.calibration)"
+        True,
+        description="refit the IoU calibrator on the corrected tiles (rscrisis.ml.calibration)",
     )
     seed: int = Field(0, description="random seed (runs are deterministic on CPU)")
     device: DeviceName = Field("auto", description="auto picks cuda when available")
@@ -436,7 +437,7 @@ ADAPT_ORDER: tuple[str, ...] = ("simsiam", "adabn", "selftrain")
 
 class AdaptConfig(_Config):
     """How ``rscrisis adapt`` adapts a model to a new area's unlabelled tiles; see
-    rscrisis.adaptation for the methods and README for the measurements behind the defaults."""
+    rscrisis.ml.adaptation for the methods and README for the measurements behind the defaults."""
 
     methods: tuple[AdaptMethod, ...] = Field(
         ("adabn",),

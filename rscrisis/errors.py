@@ -1,7 +1,7 @@
 """The one exception hierarchy of rscrisis.
 
 Every error the library raises on purpose derives from :class:`RscrisisError` and carries the
-process exit code the CLI should use (DESIGN.md: 1 runtime failure, 2 bad usage or bad input).
+process exit code the CLI should use (docs/design.md: 1 runtime failure, 2 bad usage or bad input).
 The mapping to exit codes lives here and is applied in exactly one place, the CLI group in
 ``rscrisis.cli.main``. Messages are written to be printed as one line: they name the file, the
 problem and the fix, the way torchgeo's ``DatasetNotFoundError`` does.

@@ -116,8 +116,8 @@ def banepa() -> Path:
 def tiny_tiles(tmp_path_factory) -> Path:
     """A small labelled tile set (16 tiles of 64 px) cut from a generated scene."""
     from rscrisis.config import SyntheticConfig, TileConfig
-    from rscrisis.synthetic import generate_sample_data
-    from rscrisis.tiling import tile
+    from rscrisis.geo.tiling import tile
+    from rscrisis.synth.scenes import generate_sample_data
 
     root = tmp_path_factory.mktemp("tiny")
     generate_sample_data(root / "sd", SyntheticConfig(size_a=256, size_b=256, seed=1))
@@ -134,7 +134,7 @@ def tiny_tiles(tmp_path_factory) -> Path:
 def tiny_model(tiny_tiles, tmp_path_factory) -> Path:
     """A model trained for two short epochs on ``tiny_tiles`` (real training, tiny scale)."""
     from rscrisis.config import TrainConfig
-    from rscrisis.training import train
+    from rscrisis.ml.training import train
 
     out = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     train(
@@ -149,7 +149,7 @@ def tiny_model(tiny_tiles, tmp_path_factory) -> Path:
 def tiny_pred(tiny_model, tiny_tiles, tmp_path_factory) -> Path:
     """A prediction set of ``tiny_model`` on ``tiny_tiles``."""
     from rscrisis.config import PredictConfig
-    from rscrisis.inference import predict_tiles
+    from rscrisis.predict.tiles import predict_tiles
 
     out = tmp_path_factory.mktemp("pred") / "pred"
     predict_tiles(tiny_model, [tiny_tiles], out, config=PredictConfig(batch_size=8, threads=1))

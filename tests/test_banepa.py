@@ -10,8 +10,8 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from rscrisis.config import TileConfig
-from rscrisis.tileset import read_index
-from rscrisis.tiling import tile
+from rscrisis.geo.tiling import tile
+from rscrisis.io.tileset import read_index
 
 pytestmark = pytest.mark.shared
 
@@ -83,8 +83,8 @@ def test_train_and_predict_on_real_chips(banepa, tmp_path):
     import geopandas as gpd
 
     from rscrisis.config import PredictConfig, TrainConfig
-    from rscrisis.inference import predict_tiles, read_prob
-    from rscrisis.training import train
+    from rscrisis.ml.training import train
+    from rscrisis.predict.tiles import predict_tiles, read_prob
 
     chips = sorted((banepa / "raw" / "train").glob("*.tif"))[:6]
     tile(
@@ -117,8 +117,8 @@ def test_predict_a_raw_chip_with_sidecar_georeferencing(banepa, tiny_model, tmp_
     """A 512 px JPEG chip whose georeferencing lives only in .aux.xml, in EPSG:4326 at 0.13 m:
     resampled to the model's 0.3 m, mapped in EPSG:4326 over the chip's footprint."""
     from rscrisis.config import SceneConfig
-    from rscrisis.raster_io import inspect_scene
-    from rscrisis.scene_predict import predict_scene
+    from rscrisis.io.raster import inspect_scene
+    from rscrisis.predict.scene import predict_scene
 
     chip = sorted((banepa / "raw" / "predict").glob("*.tif"))[0]
     result = predict_scene(tiny_model, chip, tmp_path / "map", config=SceneConfig(window=64))

@@ -165,7 +165,7 @@ def mutate(rng: random.Random, root: Path) -> str:
 
 @pytest.fixture(scope="module")
 def subjects(tiny_tiles, tiny_pred, tmp_path_factory):
-    from rscrisis.annotation import rank
+    from rscrisis.loop.export import rank
 
     batch = tmp_path_factory.mktemp("fuzz") / "batch"
     rank(tiny_pred, batch, config=RankConfig(top=2))

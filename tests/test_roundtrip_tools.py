@@ -15,10 +15,10 @@ import shapely
 from pyproj import Transformer
 from shapely.geometry import Polygon, box
 
-from rscrisis.batch import BatchLayout
 from rscrisis.config import RankConfig
 from rscrisis.errors import LabelError
-from rscrisis.ingest import ingest
+from rscrisis.io.batch import BatchLayout
+from rscrisis.loop.ingest import ingest
 from tests.conftest import mark_all_done
 
 #: drawn in pixel coordinates (col, row) of the task's tile: a plain building, and a courtyard
@@ -37,7 +37,7 @@ def _expected(height: int, width: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exported(tiny_pred, tmp_path_factory):
-    from rscrisis.annotation import rank
+    from rscrisis.loop.export import rank
 
     out = tmp_path_factory.mktemp("tools") / "batch"
     rank(tiny_pred, out, config=RankConfig(top=1))
@@ -239,7 +239,7 @@ def test_the_exported_pre_annotations_suit_josm_and_qgis(task):
 
 @pytest.fixture(scope="module")
 def studio_batch(tiny_pred, tmp_path_factory):
-    from rscrisis.annotation import rank
+    from rscrisis.loop.export import rank
 
     out = tmp_path_factory.mktemp("studio") / "batch-07"
     rank(tiny_pred, out, config=RankConfig(top=2, label_studio=True))
@@ -355,7 +355,7 @@ def test_an_empty_pre_annotation_is_a_typed_polygon_layer(tiny_pred, exported, t
     with the same fields as the others."""
     import pyogrio
 
-    from rscrisis.annotation import rank
+    from rscrisis.loop.export import rank
 
     pred = tmp_path / "pred"
     shutil.copytree(tiny_pred, pred)

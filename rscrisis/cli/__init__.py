@@ -1,1 +1,1 @@
-"""The thin typer layer over the rscrisis library (DESIGN.md: parse, resolve, call, print)."""
+"""The thin typer layer over the rscrisis library (docs/design.md: parse, resolve, call, print)."""

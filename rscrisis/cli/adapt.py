@@ -76,9 +76,9 @@ def adapt_command(
     batch-norm statistics of the area (adabn), self-supervised encoder training (simsiam),
     self-training on confident pseudo-labels (selftrain). The adapted model is used like any
     other by predict, rank and finetune; its metadata records the adaptation."""
-    from rscrisis.adaptation import adapt
     from rscrisis.cli.console import print_json, progress_bar, say, verbosity
     from rscrisis.config import resolve
+    from rscrisis.ml.adaptation import adapt
 
     level = verbosity(ctx, verbose, quiet)
     config = resolve(

@@ -1,6 +1,6 @@
 """Everything that prints: rich consoles, logging set-up, progress bars, JSON on stdout.
 
-Rich is confined to this package (DESIGN.md); the library logs through ``logging`` and reports
+Rich is confined to this package (docs/design.md); the library logs through ``logging`` and reports
 progress through a plain callback, which :func:`progress_bar` provides.
 """
 

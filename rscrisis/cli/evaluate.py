@@ -47,7 +47,7 @@ def evaluate_command(
     calibration (Spearman rho, MAE) on labelled tile sets."""
     from rscrisis.cli.console import print_json, progress_bar, stderr, verbosity
     from rscrisis.config import resolve
-    from rscrisis.evaluation import evaluate
+    from rscrisis.predict.evaluate import evaluate
 
     level = verbosity(ctx, verbose, quiet)
     config = resolve(PredictConfig, batch_size=batch_size, device=device, threads=threads, tta=tta)

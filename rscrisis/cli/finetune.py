@@ -117,7 +117,7 @@ def finetune_command(
     The new model records the batches and tiles it learnt from."""
     from rscrisis.cli.console import print_json, progress_bar, say, verbosity
     from rscrisis.config import resolve
-    from rscrisis.finetune import finetune
+    from rscrisis.loop.finetune import finetune
 
     level = verbosity(ctx, verbose, quiet)
     config = resolve(

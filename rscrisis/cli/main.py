@@ -1,6 +1,6 @@
 """The ``rscrisis`` command group, and the one place errors become exit codes.
 
-Exit codes (DESIGN.md): 0 success, 1 runtime failure, 2 bad usage or bad input. Every
+Exit codes (docs/design.md): 0 success, 1 runtime failure, 2 bad usage or bad input. Every
 :class:`~rscrisis.errors.RscrisisError` is printed as one line on stderr; an unexpected exception
 is a bug and is printed as one line too, with the traceback under ``-vv``.
 """

@@ -16,8 +16,8 @@ def info_command(
 ) -> None:
     """Print a model file's metadata (architecture, bands, normalisation, training)."""
     from rscrisis.cli.console import print_json, stderr, verbosity
-    from rscrisis.inference import model_summary
-    from rscrisis.model import read_meta
+    from rscrisis.ml.model import read_meta
+    from rscrisis.predict.tiles import model_summary
 
     verbosity(ctx, verbose, quiet)
     summary = model_summary(read_meta(model))
@@ -33,7 +33,7 @@ def models_command(
 ) -> None:
     """List the encoders --encoder accepts, with parameter counts (3 input bands)."""
     from rscrisis.cli.console import print_json, stderr, verbosity
-    from rscrisis.model import DEFAULT_ENCODER, ENCODERS, BuildingSegmenter, count_parameters
+    from rscrisis.ml.model import DEFAULT_ENCODER, ENCODERS, BuildingSegmenter, count_parameters
 
     verbosity(ctx, verbose, quiet)
     rows = []

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from rscrisis.cli.options import JsonOutput, Overwrite, Quiet, Seed, Verbose
-from rscrisis.label_noise import LabelNoise
+from rscrisis.geo.label_noise import LabelNoise
 
 N = LabelNoise
 
@@ -44,7 +44,7 @@ def noise_command(
     plus jitter, fattened/thinned and simplified outlines, false blobs. Train on it to measure
     how robust a model (or pretrain's robust loss) is to label noise of a given strength."""
     from rscrisis.cli.console import print_json, say, verbosity
-    from rscrisis.label_noise import write_noisy_labels
+    from rscrisis.geo.label_noise import write_noisy_labels
 
     level = verbosity(ctx, verbose, quiet)
     for name, value in (("drop", drop), ("false-blobs", false_blobs)):

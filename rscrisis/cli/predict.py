@@ -34,7 +34,7 @@ TILES = "Tile sets"
 
 
 def _is_tileset(path: Path) -> bool:
-    from rscrisis.tileset import INDEX
+    from rscrisis.io.tileset import INDEX
 
     return path.is_dir() and (path / INDEX).exists()
 
@@ -133,7 +133,7 @@ def predict_command(
             hint="run tile sets and scenes in separate predict calls",
         )
     if tilesets:
-        from rscrisis.inference import predict_tiles
+        from rscrisis.predict.tiles import predict_tiles
 
         config = resolve(
             PredictConfig,
@@ -173,7 +173,7 @@ def predict_command(
     # model time 28.4 s -> 26.0 s on a 4915 px scene). Only effective before torch loads,
     # which in the CLI it has not yet.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from rscrisis.scene_predict import predict_scene
+    from rscrisis.predict.scene import predict_scene
 
     scene_config = resolve(
         SceneConfig,

@@ -19,7 +19,7 @@ from rscrisis.cli.options import (
     describe,
 )
 from rscrisis.config import DiversityName, FormulaName, RankConfig
-from rscrisis.ranking import FORMULAS
+from rscrisis.loop.ranking import FORMULAS
 
 R = RankConfig
 FormulaChoice = choice_enum("FormulaChoice", FormulaName)
@@ -76,9 +76,9 @@ def rank_command(
 
     Tiles the model already learnt from (finetune records them in the model) and tiles of
     --exclude batches are never proposed again."""
-    from rscrisis.annotation import rank
     from rscrisis.cli.console import print_json, progress_bar, say, verbosity
     from rscrisis.config import resolve
+    from rscrisis.loop.export import rank
 
     level = verbosity(ctx, verbose, quiet)
     config = resolve(

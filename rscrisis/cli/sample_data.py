@@ -32,7 +32,7 @@ def sample_data_command(
     """
     from rscrisis.cli.console import print_json, say, verbosity
     from rscrisis.config import resolve
-    from rscrisis.synthetic import generate_sample_data
+    from rscrisis.synth.scenes import generate_sample_data
 
     level = verbosity(ctx, verbose, quiet)
     config = resolve(SyntheticConfig, seed=seed, size_a=size_a, size_b=size_b, gsd=gsd)

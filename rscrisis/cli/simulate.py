@@ -99,7 +99,7 @@ def simulate_command(
     seeds, wins and IoU gain against random) and curves.png. --resume continues a killed run."""
     from rscrisis.cli.console import print_json, progress_bar, say, verbosity
     from rscrisis.config import resolve
-    from rscrisis.simulation import simulate
+    from rscrisis.loop.simulate import simulate
 
     level = verbosity(ctx, verbose, quiet)
     try:

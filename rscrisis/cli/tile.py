@@ -91,7 +91,7 @@ def tile_command(
     """
     from rscrisis.cli.console import print_json, progress_bar, say, verbosity
     from rscrisis.config import resolve
-    from rscrisis.tiling import tile
+    from rscrisis.geo.tiling import tile
 
     level = verbosity(ctx, verbose, quiet)
     config = resolve(

@@ -115,7 +115,7 @@ def train_command(
     """
     from rscrisis.cli.console import print_json, progress_bar, say, verbosity
     from rscrisis.config import resolve
-    from rscrisis.training import train
+    from rscrisis.ml.training import train
 
     level = verbosity(ctx, verbose, quiet)
     config = resolve(

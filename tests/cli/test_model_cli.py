@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rscrisis.model import read_meta
+from rscrisis.ml.model import read_meta
 
 pytestmark = pytest.mark.slow
 

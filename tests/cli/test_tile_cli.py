@@ -7,7 +7,7 @@ import pytest
 import rasterio
 from shapely.geometry import box
 
-from rscrisis.tileset import read_index
+from rscrisis.io.tileset import read_index
 from tests.conftest import ORIGIN, UTM, gradient, write_raster, write_vector
 
 

@@ -1,0 +1,464 @@
+"""Building polygons from a scene mask written strip by strip, merged across strip borders.
+
+Why not polygonise each window: a building on a window border would come out as two (or four)
+pieces. Here the *stitched* mask is polygonised in block-aligned strips as it is written. The
+pieces touching the bottom of the latest strip are held; the next strip's pieces join them
+where pixels share an edge across the border (not just a corner: 4-connectivity, like the
+raster). Pixel edges coincide exactly on both sides, so the union is exact and a building
+straddling any number of strips is one polygon.
+
+A building is emitted as soon as no later strip can touch it, then filtered, simplified or
+squared (:class:`BuildingShaper`) and streamed to disk (:class:`BuildingLayer`). Nothing in this
+module holds more than one strip's worth of polygons, so a city of 100,000 buildings costs no
+more memory than a village.
+
+Each polygon carries its pixel count and summed probability, so ``area_m2`` and ``mean_prob``
+are exact after merging, whatever the CRS (geographic included).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import shapely
+import shapely.affinity
+from affine import Affine
+from shapely.geometry import Polygon, shape
+
+
+@dataclass
+class Piece:
+    """One building (or the part of it seen so far) in scene *pixel* coordinates (col, row)."""
+
+    geom: Polygon
+    pixels: int
+    prob_sum: float
+    #: part of a connected region too large to be one building, cut at strip borders
+    oversize: bool = False
+
+
+@dataclass
+class _Open:
+    """A building still open at the bottom of the last strip, as its strip parts: they are
+    unioned once, when it is complete (re-unioning a growing polygon at every strip is
+    quadratic). ``oversize``: past the size budget, its parts are emitted as they come."""
+
+    parts: list[Piece]
+    pixels: int
+    vertices: int
+    oversize: bool = False
+
+
+class PolygonCollector:
+    """Receives mask strips top to bottom and emits each building as soon as it is complete.
+
+    Only the pieces touching the bottom row of the latest strip are held, so memory depends on
+    the scene width, not on the number of buildings. A piece of a new strip joins the held
+    pieces whose last-row pixels sit directly above one of its first-row pixels (an edge
+    contact: 4-connectivity, like the raster; corner contacts stay apart). Polygons are in
+    pixel coordinates, so the vertices along a strip border are integers on both sides and the
+    union is exact.
+
+    A connected region larger than ``max_pixels`` or ``max_vertices`` is not one building (a
+    block of touching roofs, a false-positive field spanning the scene) and one polygon of it
+    would cost memory without bound: its parts are emitted per strip, flagged ``oversize``.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        emit: Callable[[Piece], None],
+        max_pixels: float = math.inf,
+        max_vertices: int = 200_000,
+    ):
+        self.height = height
+        self.emit = emit
+        self.max_pixels = max_pixels
+        self.max_vertices = max_vertices
+        self._open: list[_Open] = []
+        #: per column of the previous strip's last row: index into ``_open``, -1 for none
+        self._border: np.ndarray | None = None
+        self._next_row = 0
+
+    def add_strip(self, first_row: int, mask: np.ndarray, prob: np.ndarray) -> None:
+        """Polygonise ``mask`` (bool, scene rows ``first_row`` ...); ``prob`` (read where
+        ``mask`` is set only) gives the buildings' mean probability."""
+        from rasterio.features import shapes
+        from scipy import ndimage
+
+        if first_row != self._next_row:  # not contiguous with what came before
+            self._close_open()
+        self._next_row = first_row + len(mask)
+        if not mask.any():
+            self._close_open()
+            return
+        labels, n = ndimage.label(mask)  # 4-connectivity, as rasterio.features.shapes
+        inside = labels[mask]  # buildings are a small share of a strip: count only their pixels
+        pixels = np.bincount(inside, minlength=n + 1)
+        prob_sum = np.bincount(inside, weights=prob[mask], minlength=n + 1)
+        new: dict[int, Piece] = {}
+        transform = Affine.translation(0, first_row)
+        for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
+            k = int(value)
+            new[k] = Piece(shape(geom), int(pixels[k]), float(prob_sum[k]))
+
+        held = len(self._open)
+        parent = np.arange(held + n + 1)  # nodes: held pieces, then labels 1..n at held + k
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return int(i)
+
+        if self._border is not None and held:
+            touching = (self._border >= 0) & (labels[0] > 0)
+            links = np.unique(np.stack([self._border[touching], labels[0][touching]], 1), axis=0)
+            for a, k in links:
+                parent[find(int(a))] = find(held + int(k))
+        groups: dict[int, list[int]] = {}
+        for node in [*range(held), *(held + k for k in new)]:
+            groups.setdefault(find(node), []).append(node)
+
+        at_bottom = set() if self._next_row >= self.height else set(np.unique(labels[-1]).tolist())
+        still_open: list[_Open] = []
+        label_to_open = np.full(n + 1, -1, np.int64)
+        for members in groups.values():
+            group = self._merge(
+                [self._open[i] for i in members if i < held],
+                [new[i - held] for i in members if i >= held],
+            )
+            open_labels = [i - held for i in members if i >= held and i - held in at_bottom]
+            if open_labels:
+                label_to_open[open_labels] = len(still_open)
+                still_open.append(group)
+            else:
+                self._close(group)
+        self._open = still_open
+        self._border = label_to_open[labels[-1]] if still_open else None
+
+    def finish(self) -> None:
+        """Emit the pieces still held (they touch the bottom of the scene)."""
+        self._close_open()
+
+    def _close_open(self) -> None:
+        for group in self._open:
+            self._close(group)
+        self._open, self._border = [], None
+
+    def _merge(self, held: list[_Open], new: list[Piece]) -> _Open:
+        group = _Open(
+            [p for g in held for p in g.parts] + new,
+            sum(g.pixels for g in held) + sum(p.pixels for p in new),
+            sum(g.vertices for g in held) + sum(shapely.get_num_coordinates(p.geom) for p in new),
+            any(g.oversize for g in held),
+        )
+        if group.pixels > self.max_pixels or group.vertices > self.max_vertices:
+            group.oversize = True
+        if group.oversize:  # emit what is held; keep only the flag for later strips
+            for part in group.parts:
+                part.oversize = True
+                self.emit(part)
+            group.parts, group.vertices = [], 0
+        return group
+
+    def _close(self, group: _Open) -> None:
+        if group.parts:
+            self.emit(_union(group.parts))
+
+
+def _union(pieces: list[Piece]) -> Piece:
+    if len(pieces) == 1:
+        return pieces[0]
+    geom = shapely.union_all([p.geom for p in pieces])
+    if geom.geom_type == "MultiPolygon":  # cannot happen with edge contacts; be safe
+        geom = max(geom.geoms, key=lambda g: g.area)
+    return Piece(geom, sum(p.pixels for p in pieces), sum(p.prob_sum for p in pieces))
+
+
+@dataclass(frozen=True)
+class OutlineOptions:
+    """How building pieces become map polygons (tolerances in metres)."""
+
+    min_area: float = 2.0
+    simplify: float = 0.3
+    regularize: bool = False
+    max_area: float = 100_000.0
+
+
+class BuildingShaper:
+    """Turns a pixel-space :class:`Piece` into a building record in map coordinates.
+
+    Area filter, simplification and regularisation happen per building as it is emitted, so a
+    staircase outline of hundreds of vertices is never kept. They run in a frame where one unit
+    is one pixel width along both axes (square pixels: the pixel grid itself, so nothing is
+    rounded), which is metric up to scale even when the CRS is geographic.
+    """
+
+    def __init__(self, transform: Affine, gsd_m: tuple[float, float], options: OutlineOptions):
+        gx, gy = float(gsd_m[0]), float(gsd_m[1])
+        self.options = options
+        self.px_area = gx * gy
+        self.gx = gx
+        self.aspect = gy / gx
+        to_map = transform @ Affine.scale(1.0, 1.0 / self.aspect)
+        self._to_map = [to_map.a, to_map.b, to_map.d, to_map.e, to_map.c, to_map.f]
+
+    @property
+    def max_pixels(self) -> float:
+        """``max_area`` in pixels: the size budget of :class:`PolygonCollector`."""
+        return self.options.max_area / self.px_area
+
+    def __call__(self, piece: Piece) -> dict | None:
+        opts = self.options
+        area = piece.pixels * self.px_area
+        if area < opts.min_area:
+            return None
+        geom = piece.geom
+        if self.aspect != 1.0:
+            geom = shapely.affinity.scale(geom, 1.0, self.aspect, origin=(0, 0))
+        if opts.regularize:
+            geom = regularize(geom, max(opts.simplify, 0.5 * self.gx) / self.gx)
+        elif opts.simplify > 0:
+            geom = geom.simplify(opts.simplify / self.gx, preserve_topology=True)
+        if geom.is_empty:
+            return None
+        return {
+            "area_m2": round(area, 2),
+            "mean_prob": round(piece.prob_sum / max(piece.pixels, 1), 4),
+            "pixels": piece.pixels,
+            "oversize": piece.oversize,
+            "geometry": shapely.affinity.affine_transform(geom, self._to_map),
+        }
+
+
+def regularize(poly: Polygon, tolerance: float, max_area_change: float = 0.25) -> Polygon:
+    """Orthogonalise a building outline: every edge parallel or perpendicular to its main axis.
+
+    The main axis is the length-weighted mean edge direction modulo 90° (buildings have right
+    angles). After a Douglas-Peucker pass (``tolerance``), the outline is rotated onto that
+    axis, each edge is classed horizontal or vertical, runs of the same class merge into one
+    line at their length-weighted mean position, and corners are the crossings of consecutive
+    lines. Holes are dropped. Falls back to the simplified outline when the result is invalid
+    or changes the area by more than ``max_area_change``. Input must be in a metric frame.
+    """
+    simple = poly.simplify(tolerance, preserve_topology=True)
+    if simple.is_empty or simple.geom_type != "Polygon":
+        return poly
+    ring = np.asarray(simple.exterior.coords)[:-1]
+    origin = ring.mean(axis=0)
+    ring = ring - origin
+    if len(ring) < 4:
+        return simple
+    edges = np.roll(ring, -1, axis=0) - ring
+    lengths = np.hypot(edges[:, 0], edges[:, 1])
+    angles = np.arctan2(edges[:, 1], edges[:, 0])
+    # mean direction of angles mod 90°: average on the circle of 4*angle
+    theta = math.atan2((lengths * np.sin(4 * angles)).sum(), (lengths * np.cos(4 * angles)).sum())
+    theta /= 4
+    c, s = math.cos(-theta), math.sin(-theta)
+    rot = ring @ np.array([[c, s], [-s, c]])  # rotate by -theta: main axis -> x
+    e = np.roll(rot, -1, axis=0) - rot
+    horizontal = np.abs(e[:, 0]) >= np.abs(e[:, 1])
+    # runs of consecutive edges of the same class (cyclic), each becoming one line
+    start = int(np.argmax(horizontal != np.roll(horizontal, 1))) if not horizontal.all() else 0
+    if horizontal.all() or (~horizontal).all():
+        return simple
+    order = [(start + k) % len(rot) for k in range(len(rot))]
+    runs: list[tuple[bool, float]] = []
+    acc_w = acc_v = 0.0
+    current = horizontal[order[0]]
+    for i in order:
+        if horizontal[i] != current:
+            runs.append((bool(current), acc_v / max(acc_w, 1e-12)))
+            acc_w = acc_v = 0.0
+            current = horizontal[i]
+        a, b = rot[i], rot[(i + 1) % len(rot)]
+        length = float(np.hypot(*(b - a)))
+        coord = (a[1] + b[1]) / 2 if current else (a[0] + b[0]) / 2
+        acc_w += length
+        acc_v += length * coord
+    runs.append((bool(current), acc_v / max(acc_w, 1e-12)))
+    if len(runs) < 4 or len(runs) % 2:
+        return simple
+    corners = []
+    for k in range(len(runs)):
+        (h1, v1), (_h2, v2) = runs[k - 1], runs[k]
+        corners.append((v2, v1) if h1 else (v1, v2))  # (x, y): vertical gives x, horizontal y
+    pts = np.asarray(corners)
+    c2, s2 = math.cos(theta), math.sin(theta)
+    back = pts @ np.array([[c2, s2], [-s2, c2]]) + origin
+    out = Polygon(back)
+    if not out.is_valid or out.is_empty:
+        return simple
+    if abs(out.area - poly.area) > max_area_change * poly.area:
+        return simple
+    return out
+
+
+BUILDING_COLUMNS = {
+    "building_id": "int64",
+    "area_m2": "float64",
+    "mean_prob": "float64",
+    "pixels": "int64",
+    "oversize": "bool",
+}
+
+
+def records_frame(records: list[dict], crs):
+    """GeoDataFrame of building records with stable column types, even when empty."""
+    import geopandas as gpd
+    import pandas as pd
+
+    columns = {k: pd.Series([r[k] for r in records], dtype=t) for k, t in BUILDING_COLUMNS.items()}
+    return gpd.GeoDataFrame(
+        columns, geometry=gpd.GeoSeries([r["geometry"] for r in records], crs=crs), crs=crs
+    )
+
+
+class BuildingLayer:
+    """Streams building records into ``buildings.gpkg`` (and GeoJSON) in chunks.
+
+    Memory stays bounded by the chunk, whatever the number of buildings. Files are written
+    under their partial names; :meth:`commit` renames them into place, :meth:`discard` deletes
+    them. The GeoJSON is written as text, feature by feature: GDAL's GeoJSON driver would
+    reload the whole file for every appended chunk. It is RFC 7946, what JOSM and web tools
+    read: EPSG:4326 longitude/latitude with 7 decimals (1 cm), exterior rings counter-clockwise,
+    no ``crs`` member. The GeoPackage keeps the scene's CRS.
+    """
+
+    def __init__(self, gpkg: Path, crs, geojson: Path | None = None, chunk: int = 2048):
+        from rscrisis.io.outputs import partial_path
+
+        self.gpkg, self.geojson, self.crs, self.chunk = gpkg, geojson, crs, chunk
+        self.tmp_gpkg = partial_path(gpkg)
+        self.tmp_geojson = partial_path(geojson) if geojson else None
+        for tmp in (self.tmp_gpkg, self.tmp_geojson):
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        self.count = 0
+        self._buffer: list[dict] = []
+        self._json = None
+        self._to_wgs84 = None
+        if self.tmp_geojson is not None:
+            from pyproj import CRS, Transformer
+
+            source = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+            self._to_wgs84 = Transformer.from_crs(source, "EPSG:4326", always_xy=True)
+            self._json = open(self.tmp_geojson, "w")  # noqa: SIM115 (closed in commit/discard)
+            self._json.write(
+                '{\n"type": "FeatureCollection",\n"name": "buildings",\n"features": [\n'
+            )
+        self._first_feature = True
+
+    def add(self, record: dict | None) -> None:
+        if record is None:
+            return
+        self.count += 1
+        self._buffer.append({"building_id": self.count, **record})
+        if len(self._buffer) >= self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyogrio
+
+        if not self._buffer and self.tmp_gpkg.exists():
+            return
+        frame = records_frame(self._buffer, self.crs)
+        pyogrio.write_dataframe(
+            frame,
+            self.tmp_gpkg,
+            layer="buildings",
+            driver="GPKG",
+            append=self.tmp_gpkg.exists(),
+        )
+        if self._json is not None:
+            for record in self._buffer:
+                self._json.write(
+                    _geojson_feature(record, self._to_wgs84, first=self._first_feature)
+                )
+                self._first_feature = False
+        self._buffer = []
+
+    def commit(self) -> int:
+        """Write what is buffered and move the files into place; returns the building count."""
+        import os
+
+        self._flush()
+        os.replace(self.tmp_gpkg, self.gpkg)
+        if self._json is not None:
+            self._json.write("\n]\n}\n")
+            self._json.close()
+            os.replace(self.tmp_geojson, self.geojson)
+        return self.count
+
+    def discard(self) -> None:
+        if self._json is not None and not self._json.closed:
+            self._json.close()
+        for tmp in (self.tmp_gpkg, self.tmp_geojson):
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+
+
+def rfc7946_geometry(geom, to_wgs84) -> dict:
+    """``geom`` as an RFC 7946 GeoJSON geometry: to EPSG:4326 lon/lat through the pyproj
+    ``to_wgs84`` transformer, 7 decimals, exterior rings counter-clockwise."""
+    from shapely.geometry import mapping
+    from shapely.geometry.polygon import orient
+
+    ll = shapely.transform(
+        geom, lambda xy: np.round(np.column_stack(to_wgs84.transform(xy[:, 0], xy[:, 1])), 7)
+    )
+    parts = [orient(p, 1.0) for p in shapely.get_parts(ll) if p.geom_type == "Polygon"]
+    if ll.geom_type == "Polygon" and parts:
+        ll = parts[0]
+    elif ll.geom_type == "MultiPolygon":
+        ll = shapely.MultiPolygon(parts)
+    return mapping(ll)
+
+
+def _geojson_feature(record: dict, to_wgs84, first: bool) -> str:
+    import json
+
+    props = {k: record[k] for k in BUILDING_COLUMNS}
+    geometry = rfc7946_geometry(record["geometry"], to_wgs84)
+    return (
+        ("" if first else ",\n")
+        + '{ "type": "Feature", "properties": '
+        + json.dumps(props)
+        + ', "geometry": '
+        + json.dumps(geometry)
+        + " }"
+    )
+
+
+def mask_buildings(
+    mask: np.ndarray,
+    prob: np.ndarray,
+    transform: Affine,
+    crs,
+    gsd_m,
+    *,
+    min_area: float = 2.0,
+    simplify: float = 0.3,
+    regularize_outlines: bool = False,
+):
+    """Buildings of one small raster (a tile) as a GeoDataFrame."""
+    shaper = BuildingShaper(
+        transform, gsd_m, OutlineOptions(min_area, simplify, regularize_outlines)
+    )
+    records: list[dict] = []
+
+    def keep(piece: Piece) -> None:
+        record = shaper(piece)
+        if record is not None:
+            records.append({"building_id": len(records) + 1, **record})
+
+    collector = PolygonCollector(mask.shape[0], keep)
+    collector.add_strip(0, mask, prob)
+    collector.finish()
+    return records_frame(records, crs)

@@ -1,0 +1,359 @@
+"""``rscrisis finetune MODEL BATCH... --out MODEL2``: learn from corrected annotation batches.
+
+Ingests the batches (:mod:`rscrisis.loop.ingest`: every correction checked before anything is
+written), then adapts MODEL to them with :func:`finetune_tilesets`, the one fine-tuning path,
+shared with ``rscrisis simulate``:
+
+* **A budget of optimisation steps, not epochs** (``steps``): every step draws a batch with
+  replacement, so 5 tiles get as much optimisation as 50. Each batch mixes ``replay_ratio``
+  replayed tiles per new tile: the labels of batches the starting model learnt from, its own
+  (pre)training tile sets when they are still on disk, and any ``--replay`` tile sets. New
+  tiles without any building get at most ``max_empty_share`` of the draws when others hold
+  buildings, and Dice is not applied to a batch without a building pixel: a batch of fields
+  and water cannot teach the model that nothing is a building.
+* **The weights kept** are an exponential moving average over the steps (``ema``), with the
+  first encoder stage and the batch-norm statistics frozen, at ``lr_scale`` x the starting
+  model's learning rate. README ("Fine-tuning on a few tiles") gives the measurements behind
+  each default.
+* **Do no harm.** A spatially held-out slice of the new tiles (``val_fraction``) is used only
+  when it can be trusted: at least ``min_val_tiles`` tiles, two of them with buildings.
+  The starting model is scored on it before the first step and stays in the running for
+  "best"; if nothing beats it, the starting weights are kept. A smaller slice would be noise
+  (one tile decides), so then every tile trains and the budget is fixed; the before -> after
+  figures are then reported on the labelled tiles themselves, and said to be so.
+* **Predicted IoU that holds here.** Before training, the starting model predicts the new
+  tiles; with the corrections this gives the true IoU of its own pre-annotations. Those
+  samples, added to those of earlier rounds, refit the IoU calibrator
+  (:mod:`rscrisis.ml.calibration`) stored in the new model, which ``predict`` and ``rank`` use.
+
+The new model's metadata lists every batch it learnt from and every labelled tile id, so the
+next ``rank`` leaves those tiles out and the loop can run round after round from a script.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rscrisis import __version__
+from rscrisis.config import FinetuneConfig
+from rscrisis.io.batch import BatchLayout
+from rscrisis.ml.data import present_pretraining_tilesets, pretraining_tilesets, replay_dataset
+from rscrisis.progress import Progress, no_progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    model: str
+    new_tiles: int
+    replay_tiles: int
+    batches: list[dict] = field(default_factory=list)
+    train: dict = field(default_factory=dict)
+    check: dict = field(default_factory=dict)
+    improved: bool | None = None
+    warning: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _replay_sources(meta, config: FinetuneConfig, extra: list[Path]) -> list[Path]:
+    sources = [Path(r) for r in config.replay] + list(extra)
+    for rec in meta.training.get("batches", []):
+        if Path(rec["labels"]).exists():
+            sources.append(Path(rec["labels"]))
+        else:
+            log.warning("earlier batch labels %s are gone; not replayed", rec["labels"])
+    if config.replay_pretraining:
+        sources += present_pretraining_tilesets(meta.training)
+    unique: dict[str, Path] = {}
+    for s in sources:
+        unique.setdefault(str(s.resolve()), s)
+    return list(unique.values())
+
+
+def measure_samples(model_path: Path, tilesets: list[Path], threads: int | None) -> list[dict]:
+    """Calibration samples: the model's statistics and the true IoU of its prediction on each
+    labelled tile (rscrisis.ml.calibration)."""
+    from rscrisis.config import PredictConfig
+    from rscrisis.ml.calibration import FEATURES
+    from rscrisis.predict.evaluate import evaluate
+
+    ev = evaluate(model_path, tilesets, config=PredictConfig(threads=threads, batch_size=16))
+    keys = ("tile_id", *FEATURES, "true_iou", "has_buildings")
+    return [{k: r[k] for k in keys} for r in ev.per_tile]
+
+
+def finetune_tilesets(
+    model_path: str | Path,
+    new_sets: list[Path],
+    out: str | Path,
+    *,
+    config: FinetuneConfig,
+    samples: list[dict] | None = None,
+    extra_replay: list[Path] = (),
+    extra_training_meta: dict | None = None,
+    overwrite: bool = False,
+    progress: Progress = no_progress,
+) -> FinetuneResult:
+    """Adapt ``model_path`` to the labelled tile sets ``new_sets`` (see the module docstring).
+
+    ``samples`` are the calibration samples of the new tiles (measured here with the starting
+    model when None: right when it made the batch, as in ``finetune``; ``simulate`` passes the
+    samples of the model that chose the tiles).
+    """
+    import torch
+
+    from rscrisis.io.outputs import write_json_atomic
+    from rscrisis.ml.calibration import fit, merge_samples
+    from rscrisis.ml.data import TileDataset, augmentation, load_tiles, spatial_split
+    from rscrisis.ml.device import resolve_device, seed_everything
+    from rscrisis.ml.model import check_bands, check_model_out, load_model, save_model
+    from rscrisis.ml.training import StepPlan, _freeze, _transfer, fit_steps, sidecar, training_lr
+
+    out = check_model_out(out, overwrite)
+    seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    model, meta = load_model(model_path)
+    table = load_tiles(new_sets, need_masks=True)
+    check_bands(meta, table.band_count, new_sets[0])
+    frame = table.frame.reset_index(drop=True)
+    new_ids = set(frame.tile_id)
+    if samples is None:
+        samples = measure_samples(Path(model_path), new_sets, config.threads)
+    has = {s["tile_id"]: bool(s["has_buildings"]) for s in samples}
+    if not set(has) >= new_ids:  # samples from elsewhere: measure what the masks say
+        for s in measure_samples(Path(model_path), new_sets, config.threads):
+            has.setdefault(s["tile_id"], bool(s["has_buildings"]))
+    has_buildings = np.array([has[t] for t in frame.tile_id])
+
+    # the held-out slice, only when it can be trusted (module docstring)
+    train_idx, val_idx = np.arange(len(frame)), np.array([], int)
+    if config.val_fraction > 0 and len(frame) > 1:
+        t_idx, v_idx, _ = spatial_split(frame, config.val_fraction, 1, config.seed)
+        if len(v_idx) >= config.min_val_tiles and has_buildings[v_idx].sum() >= 2:
+            train_idx, val_idx = t_idx, v_idx
+    trusted = len(val_idx) > 0
+    if trusted:
+        check_idx, check_on = val_idx, "held-out slice"
+    else:
+        check_idx = train_idx
+        check_on = (
+            f"the labelled tiles themselves (training data: a held-out slice needs at least "
+            f"{config.min_val_tiles} tiles, two with buildings)"
+        )
+
+    replay_sources = _replay_sources(meta, config, list(extra_replay))
+    replay_ds = None
+    if config.replay_ratio > 0:
+        replay_ds = replay_dataset(replay_sources, meta, new_ids, config.seed, config.augment)
+    n_replay_tiles = 0 if replay_ds is None else len(replay_ds)
+
+    def dataset(idx, aug):
+        rows = frame.iloc[idx]
+        return TileDataset(
+            rows.image_path,
+            rows.mask_path,
+            meta.mean,
+            meta.std,
+            table.dtype,
+            augment=augmentation(config.seed) if aug else None,
+        )
+
+    if config.transfer != "all":
+        model = _transfer(model, meta, config.transfer)
+    model.to(device)
+    frozen = _freeze(model, config)
+    base_lr = training_lr(meta)
+    plan = StepPlan(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=base_lr * config.lr_scale,
+        replay_ratio=config.replay_ratio,
+        max_empty_share=config.max_empty_share,
+        ema=config.ema,
+        eval_every=config.eval_every,
+        iou_loss_weight=config.iou_loss_weight,
+        seed=config.seed,
+        precision=config.precision,
+    )
+    fitted = fit_steps(
+        model,
+        meta,
+        dataset(train_idx, config.augment),
+        has_buildings[train_idx],
+        plan,
+        frozen=frozen,
+        freeze_norm=config.freeze_norm and config.transfer == "all",
+        replay=replay_ds,
+        check=dataset(check_idx, False),
+        select_on_check=trusted,
+        device=device,
+        tile_size=table.tile_size,
+        progress=progress,
+    )
+
+    before, after = fitted.before.get("val_iou"), fitted.after.get("val_iou")
+    improved = None if before is None or after is None else bool(after > before)
+    warning = None
+    if trusted and fitted.chosen == "start":
+        warning = (
+            f"fine-tuning did not beat the starting model on the held-out slice "
+            f"({len(val_idx)} tiles, IoU {before:.3f}): the starting weights were kept"
+        )
+    elif improved is False:
+        warning = (
+            f"the new model is not better on {check_on} (IoU {before:.3f} -> {after:.3f}): "
+            "check the corrections"
+        )
+    if not has_buildings.any():
+        empty_note = (
+            f"none of the {len(new_ids)} new tiles holds a building: the model can only learn "
+            "what is not a building here (replay keeps what it knew); label tiles with "
+            "buildings next"
+        )
+        warning = f"{warning}; {empty_note}" if warning else empty_note
+    if warning:
+        log.warning(warning)
+
+    all_samples = merge_samples(meta.training.get("calibration_samples", []), samples)
+    calibrator = fit(all_samples, meta.threshold) if config.calibrate else None
+    check = {
+        "on": check_on,
+        "tiles": len(check_idx),
+        "trusted": trusted,
+        "before": fitted.before,
+        "after": fitted.after,
+        "chosen": fitted.chosen,
+    }
+    previous = dict(meta.training)
+    meta.history = list(meta.history) + fitted.history
+    meta.training = {
+        "tilesets": [str(t) for t in new_sets],
+        "config": {**previous.get("config", {}), "lr": base_lr},
+        "init": str(model_path),
+        "pretraining_tilesets": pretraining_tilesets(previous),
+        "labelled_tiles": sorted(set(previous.get("labelled_tiles", [])) | new_ids),
+        "batches": list(previous.get("batches", [])),
+        "finetune": {
+            "config": config.model_dump(mode="json"),
+            "from_model": str(model_path),
+            "new_tiles": len(new_ids),
+            "train_tiles": len(train_idx),
+            "replay_tiles": n_replay_tiles,
+            "replay_sources": [str(s) for s in replay_sources],
+            "new_draws": fitted.new_draws,
+            "replay_draws": fitted.replay_draws,
+            "check": check,
+        },
+        "calibration_samples": all_samples,
+        "iou_calibrator": None if calibrator is None else calibrator.to_dict(),
+        "rscrisis_version": __version__,
+        **(extra_training_meta or {}),
+        "previous": {k: v for k, v in previous.items() if k != "calibration_samples"},
+    }
+    if calibrator is None:
+        meta.training.pop("iou_calibrator")
+    save_model(model, meta, out)
+    result = FinetuneResult(
+        model=str(out),
+        new_tiles=len(new_ids),
+        replay_tiles=n_replay_tiles,
+        train={
+            "steps": config.steps,
+            "train_tiles": len(train_idx),
+            "val_tiles": len(val_idx),
+            "images_per_s": fitted.images_per_s,
+            "history": fitted.history,
+            "device": str(device),
+        },
+        check=check,
+        improved=improved,
+        warning=warning,
+    )
+    write_json_atomic(
+        sidecar(out, ".finetune.json"),
+        {
+            "kind": "rscrisis.loop.finetune",
+            "rscrisis_version": __version__,
+            "model": str(model_path),
+            "tilesets": [str(t) for t in new_sets],
+            "config": config.model_dump(mode="json"),
+            "result": result.to_dict(),
+        },
+    )
+    return result
+
+
+def finetune(
+    model_path: str | Path,
+    batches: list[str | Path],
+    out: str | Path,
+    *,
+    config: FinetuneConfig | None = None,
+    labels_file: str | Path | None = None,
+    labels_layer: str | None = None,
+    overwrite: bool = False,
+    progress: Progress = no_progress,
+) -> FinetuneResult:
+    """Ingest corrected batches and fine-tune ``model_path`` on them into ``out``."""
+    from rscrisis.io.tileset import read_index
+    from rscrisis.loop.ingest import ingest
+    from rscrisis.ml.model import read_meta
+
+    config = config or FinetuneConfig()
+    from rscrisis.ml.model import check_model_out
+
+    check_model_out(out, overwrite)  # before anything is written
+    meta = read_meta(model_path)
+    batches = [Path(b) for b in batches]
+    # read first: a clear error for a folder that is not a batch, before anything is written
+    manifests = {b: BatchLayout(b).read_manifest() for b in batches}
+    reports = ingest(
+        batches, labels_file=labels_file, labels_layer=labels_layer, repair=config.repair
+    )
+
+    new_sets, new_ids, batch_records = [], set(), []
+    for b, report in zip(batches, reports, strict=True):
+        if not report.labels:
+            continue
+        labels = Path(report.labels)
+        ids = list(read_index(labels).tile_id)
+        new_sets.append(labels)
+        new_ids |= set(ids)
+        manifest = manifests[b]
+        batch_records.append(
+            {
+                "batch": str(b.resolve()),
+                "labels": str(labels.resolve()),
+                "formula": manifest.get("config", {}).get("formula"),
+                "diversity": manifest.get("config", {}).get("diversity"),
+                "tasks": report.taken,
+                "tile_ids": ids,
+                "refused": report.refused,
+            }
+        )
+    earlier = [
+        rec
+        for rec in meta.training.get("batches", [])
+        if rec.get("batch") not in {r["batch"] for r in batch_records}
+    ]
+    labelled = sorted(set(meta.training.get("labelled_tiles", [])) | new_ids)
+    result = finetune_tilesets(
+        model_path,
+        new_sets,
+        out,
+        config=config,
+        overwrite=overwrite,
+        progress=progress,
+        extra_training_meta={"batches": earlier + batch_records, "labelled_tiles": labelled},
+    )
+    result.batches = [r.to_dict() for r in reports]
+    return result

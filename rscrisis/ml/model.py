@@ -1,0 +1,404 @@
+"""The model: a U-Net (segmentation-models-pytorch) with a predicted-IoU head, and its file format.
+
+Why a predicted-IoU head: ranking tiles for annotation needs to know where the model is probably
+wrong. Like Segment Anything's IoU head, a small MLP regresses, per tile, the IoU of the model's
+own thresholded prediction against the truth. It sees pooled encoder-bottleneck features (what
+the tile looks like), pooled decoder features (what the model made of it) and a few statistics
+of the probability map (mean probability, mean entropy, the training-free expected IoU, the
+predicted building fraction). Its output is a correction, in logit space, to the training-free
+expected IoU: an untrained head returns that baseline, and training can only learn where the
+model's confidence is misleading (e.g. confidently wrong on an unfamiliar roof type). It is
+trained jointly with the segmentation loss against the actual per-tile IoU of the detached
+prediction (see :mod:`rscrisis.ml.metrics` for the conventions).
+
+Model files are ``.safetensors``: tensors plus a JSON metadata string under the ``rscrisis`` key
+of the safetensors header (architecture, encoder, bands, normalisation, tile size, threshold,
+version, training history). Loading parses JSON and raw tensors only; nothing is unpickled, so a
+model file from a stranger cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel as _Base
+from pydantic import ConfigDict as _ConfigDict
+from pydantic import Field as _Field
+from pydantic import StrictInt as _Int
+from pydantic import model_validator as _after
+from torch import nn
+
+from rscrisis import __version__
+from rscrisis.errors import InputError, OutputExistsError
+from rscrisis.io.outputs import atomic_path
+
+log = logging.getLogger(__name__)
+
+FORMAT = "rscrisis.ml.model/1"
+ARCHITECTURE = "unet+iou-head"
+
+#: Encoders offered by ``--encoder``. All build without downloading weights
+#: (``encoder_weights=None``). ``benchmarks/bench_train.py --compare-encoders`` measures test IoU
+#: per minute of CPU training for each; resnet18 won (README: "Why resnet18 is the default").
+ENCODERS: dict[str, str] = {
+    "resnet18": "ResNet-18: fast on CPU, strong default",
+    "resnet34": "ResNet-34: deeper, slower",
+    "mobilenet_v2": "MobileNetV2: fastest inference, less accurate",
+    "efficientnet-b0": "EfficientNet-B0: small, learns slowest from scratch",
+    "tu-regnety_004": "RegNetY-400MF (timm): small, efficient",
+}
+DEFAULT_ENCODER = "resnet18"
+N_PROB_STATS = 4
+
+
+def prob_stats(prob: torch.Tensor, valid: torch.Tensor | None, threshold: float) -> torch.Tensor:
+    """Per-tile statistics of a probability map (B, 1, H, W) over valid pixels -> (B, 4).
+
+    Columns: mean probability, mean binary entropy (bits), expected IoU of the thresholded
+    mask under the model's own probabilities, predicted building fraction.
+    """
+    p = prob.clamp(1e-6, 1 - 1e-6).flatten(1)
+    w = torch.ones_like(p) if valid is None else valid.flatten(1).to(p.dtype)
+    n = w.sum(1).clamp_min(1.0)
+    ent = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+    pred = (p > threshold).to(p.dtype) * w
+    inter = (pred * p).sum(1)
+    union = pred.sum(1) + ((1 - pred) * p * w).sum(1)
+    soft_iou = torch.where(union > 0, inter / union.clamp_min(1e-6), torch.ones_like(union))
+    return torch.stack([(p * w).sum(1) / n, (ent * w).sum(1) / n, soft_iou, pred.sum(1) / n], dim=1)
+
+
+class BuildingSegmenter(nn.Module):
+    """U-Net + predicted-IoU head. ``forward`` returns (logits, predicted IoU, embedding)."""
+
+    def __init__(
+        self, encoder: str, in_channels: int, threshold: float = 0.5, dropout: float = 0.1
+    ):
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.unet = smp.Unet(encoder, encoder_weights=None, in_channels=in_channels, classes=1)
+        self.threshold = threshold
+        self.mc_dropout = nn.Dropout2d(dropout)
+        c_enc = self.unet.encoder.out_channels[-1]
+        c_dec = self.unet.segmentation_head[0].in_channels
+        self.iou_head = nn.Sequential(
+            nn.Linear(c_enc + c_dec + N_PROB_STATS, 128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(128, 1),
+        )
+        # the head learns a correction to the training-free expected IoU (residual in logit
+        # space); a zero last layer makes an untrained head return exactly that baseline
+        nn.init.zeros_(self.iou_head[-1].weight)
+        nn.init.zeros_(self.iou_head[-1].bias)
+        self.embedding_dim = c_enc
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None):
+        features = self.unet.encoder(x)
+        decoded = self.mc_dropout(self.unet.decoder(features))
+        logits = self.unet.segmentation_head(decoded)
+        embedding = features[-1].mean(dim=(2, 3))
+        if valid is None:
+            pooled_dec = decoded.mean(dim=(2, 3))
+        else:
+            v = valid.to(decoded.dtype)
+            pooled_dec = (decoded * v).sum(dim=(2, 3)) / v.sum(dim=(2, 3)).clamp_min(1.0)
+        stats = prob_stats(torch.sigmoid(logits.detach().float()), valid, self.threshold)
+        head_in = torch.cat([embedding, pooled_dec, stats.to(embedding.dtype)], dim=1)
+        base = torch.logit(stats[:, 2].clamp(1e-3, 1 - 1e-3)).to(embedding.dtype)
+        iou = torch.sigmoid(base + self.iou_head(head_in).squeeze(1))
+        return logits, iou, embedding
+
+    def encoder_stages(self) -> list[nn.Module]:
+        """Top-level encoder children in order, for freezing the first N stages."""
+        return [m for m in self.unet.encoder.children() if any(True for _ in m.parameters())]
+
+    def enable_mc_dropout(self) -> None:
+        """Eval mode everywhere except dropout layers (Monte-Carlo dropout sampling)."""
+        self.eval()
+        for m in self.modules():
+            if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+                m.train()
+
+
+@dataclass
+class ModelMeta:
+    """Everything needed to use a model file correctly, stored in its safetensors header."""
+
+    encoder: str
+    in_channels: int
+    mean: list[float]
+    std: list[float]
+    tile_size: int
+    threshold: float = 0.5
+    dropout: float = 0.1
+    bands: list[int] | None = None
+    colorinterp: list[str] | None = None
+    dtype: str = "uint8"
+    gsd_m: float | None = None
+    architecture: str = ARCHITECTURE
+    format: str = FORMAT
+    rscrisis_version: str = __version__
+    history: list[dict] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_json(cls, text: str, path: Path) -> ModelMeta:
+        """Parse and validate the header against :class:`_MetaSchema`: metadata that parses
+        but is wrong (a list, ``in_channels: "three"``, a zero std, a NaN threshold, a batch
+        record without its labels) is refused here, with the field named, before any command
+        acts on it."""
+        from pydantic import ValidationError
+
+        try:
+            raw = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise InputError(
+                f"has corrupt rscrisis metadata (not JSON: {exc})",
+                path=path,
+                hint="the file was damaged; use another copy",
+            ) from exc
+        if not isinstance(raw, dict):
+            raise InputError(
+                f"has invalid rscrisis metadata: a JSON {type(raw).__name__}, not an object",
+                path=path,
+                hint="the file was edited or damaged; use the file rscrisis wrote, or another copy",
+            )
+        try:
+            checked = _MetaSchema.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "metadata"
+            raise InputError(
+                f"has invalid rscrisis metadata: {where}: "
+                f"{first['msg'].removeprefix('Value error, ')}",
+                path=path,
+                hint="the file was edited or damaged; use the file rscrisis wrote, or another copy",
+            ) from None
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in checked.model_dump().items() if k in known})
+
+
+_FINITE = _ConfigDict(allow_inf_nan=False, extra="allow")
+_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+
+class _BatchRecord(_Base):
+    model_config = _FINITE
+    batch: str
+    labels: str
+    tile_ids: list[str] = []
+
+
+class _Calibrator(_Base):
+    model_config = _FINITE
+    threshold: float = _Field(0.5, gt=0, lt=1)
+    blank_samples: _Int = _Field(0, ge=0)
+    blank_empty: _Int = _Field(0, ge=0)
+    iou_map: tuple[float, float] = (0.0, 1.0)
+    samples: _Int = _Field(0, ge=0)
+    fitted_on: dict = {}
+
+
+class _TrainingConfig(_Base):
+    model_config = _FINITE
+    lr: float = _Field(1e-3, gt=0)
+
+
+class _Training(_Base):
+    """The parts of ``training`` that commands act on; the rest is lineage, kept as is."""
+
+    model_config = _FINITE
+    tilesets: list[str] = []
+    pretraining_tilesets: list[str] = []
+    labelled_tiles: list[str] = []
+    batches: list[_BatchRecord] = []
+    iou_calibrator: _Calibrator | None = None
+    calibration_samples: list[dict] = []
+    config: _TrainingConfig = _TrainingConfig()
+    adaptation: list[dict] = []
+    finetune: dict = {}
+
+
+class _MetaSchema(_Base):
+    """What a model header must hold to be used safely (one schema, checked on every load)."""
+
+    model_config = _ConfigDict(allow_inf_nan=False, extra="ignore")
+    encoder: str
+    in_channels: _Int = _Field(ge=1, le=64)
+    mean: list[float]
+    std: list[float]
+    tile_size: _Int = _Field(ge=32, le=8192, multiple_of=32)
+    threshold: float = _Field(0.5, gt=0, lt=1)
+    dropout: float = _Field(0.1, ge=0, lt=1)
+    bands: list[_Int] | None = None
+    colorinterp: list[str] | None = None
+    dtype: str = "uint8"
+    gsd_m: float | None = _Field(None, gt=0)
+    architecture: str = ARCHITECTURE
+    format: str = FORMAT
+    rscrisis_version: str = __version__
+    history: list[dict] = []
+    training: _Training = _Training()
+
+    @_after(mode="after")
+    def _consistent(self) -> _MetaSchema:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r} (known: {', '.join(ENCODERS)})")
+        if self.architecture != ARCHITECTURE:
+            raise ValueError(f"architecture {self.architecture!r} is not {ARCHITECTURE!r}")
+        n = self.in_channels
+        if len(self.mean) != n or len(self.std) != n:
+            raise ValueError(
+                f"mean and std need {n} values (in_channels), not {len(self.mean)} and "
+                f"{len(self.std)}"
+            )
+        if min(self.std) <= 0:
+            raise ValueError("std values must be > 0")
+        if self.bands is not None and (len(self.bands) != n or min(self.bands) < 1):
+            raise ValueError(f"bands needs {n} band numbers >= 1")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(_DTYPES)}")
+        return self
+
+    def model_dump(self, **kw):  # training keeps every lineage key it had
+        out = super().model_dump(**kw)
+        out["training"] = self.training.model_dump(exclude_unset=True)
+        return out
+
+
+def check_model_out(out: str | Path, overwrite: bool) -> Path:
+    """The model file a command will write: it must end in .safetensors and may exist only
+    with ``overwrite``; checked before any work starts."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise InputError("the model file name must end in .safetensors", path=out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(
+            "exists", path=out, hint="pass --overwrite to replace it or choose another --out"
+        )
+    return out
+
+
+def build_model(meta: ModelMeta) -> BuildingSegmenter:
+    if meta.encoder not in ENCODERS:
+        raise InputError(
+            f"unknown encoder {meta.encoder!r}", hint=f"choose one of: {', '.join(ENCODERS)}"
+        )
+    return BuildingSegmenter(meta.encoder, meta.in_channels, meta.threshold, meta.dropout)
+
+
+def save_model(model: BuildingSegmenter, meta: ModelMeta, path: str | Path) -> None:
+    """Write weights + metadata atomically as one .safetensors file."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"rscrisis": meta.to_json()})
+
+
+def read_meta(path: str | Path) -> ModelMeta:
+    """Read only the metadata of a model file (cheap: no tensors are loaded)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            "no such model file", path=path, hint="train one with rscrisis train, or check the path"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:
+        raise InputError(
+            f"is not a readable .safetensors model ({str(exc).splitlines()[0]})",
+            path=path,
+            hint="the file may be truncated or not a model; use the file rscrisis train wrote",
+        ) from exc
+    if "rscrisis" not in header:
+        raise InputError(
+            "is a .safetensors file without rscrisis metadata",
+            path=path,
+            hint="rscrisis needs models written by rscrisis train",
+        )
+    meta = ModelMeta.from_json(header["rscrisis"], path)
+    if meta.format != FORMAT:
+        raise InputError(
+            f"has model format {meta.format!r}, this rscrisis reads {FORMAT!r}",
+            path=path,
+            hint="upgrade rscrisis",
+        )
+    return meta
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[BuildingSegmenter, ModelMeta]:
+    """Load a model file without unpickling anything; clear errors for bad files."""
+    from safetensors.torch import load_file
+
+    meta = read_meta(path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise InputError(
+            f"tensors cannot be read ({str(exc).splitlines()[0]})",
+            path=path,
+            hint="the file may be truncated; use another copy",
+        ) from exc
+    model = build_model(meta)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(
+            "tensors do not match the architecture in its metadata",
+            path=path,
+            hint="the file was modified or written by another tool",
+        ) from exc
+    return model.to(device), meta
+
+
+def check_bands(meta: ModelMeta, band_count: int, source: str | Path) -> None:
+    """Refuse imagery whose band count differs from what the model was trained on."""
+    if band_count != meta.in_channels:
+        raise InputError(
+            f"has {band_count} band(s) but the model expects {meta.in_channels}",
+            path=source,
+            hint="tile the imagery with --bands matching the model (see rscrisis info MODEL)",
+        )
+
+
+def check_tiles(meta: ModelMeta, table, source: str | Path) -> None:
+    """Refuse a tile table (rscrisis.ml.data.TileTable) the model cannot run on: another band
+    count, or tiles that are not a multiple of 32 px (the U-Net's 5 halvings); warn when their
+    ground resolution is far from the model's."""
+    check_bands(meta, table.band_count, source)
+    if table.tile_size % 32:
+        raise InputError(
+            f"tiles are {table.tile_size} px; the U-Net needs a multiple of 32",
+            path=source,
+            hint="re-tile with --size 256 (or 128, 512, ...)",
+        )
+    if meta.gsd_m and table.gsd_m and not 0.75 < table.gsd_m / meta.gsd_m < 1.33:
+        log.warning(
+            "tiles are at %.2f m but the model was trained at %.2f m; re-tile with "
+            "--resolution %.2f for best results",
+            table.gsd_m,
+            meta.gsd_m,
+            meta.gsd_m,
+        )
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

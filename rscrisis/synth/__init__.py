@@ -1,0 +1,2 @@
+"""The synthetic sample data (``scenes``): generated scenes and footprints for the quickstart,
+the tests and CI."""

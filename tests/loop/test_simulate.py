@@ -1,0 +1,175 @@
+"""``simulate``: its statistics, and a tiny run: outputs well-formed, budget exact, resumable."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rscrisis.config import FinetuneConfig, SimulateConfig
+from rscrisis.loop.simulate import (
+    area_under_curve,
+    frame_report,
+    labels_to_reach,
+    mean_interval,
+    sign_test,
+    simulate,
+    summarise,
+)
+
+FORMULAS = ("random", "entropy-iou")
+TINY = SimulateConfig(
+    formulas=("random", "entropy-iou+coreset"),
+    rounds=2,
+    batch=1,
+    seed_batch=1,
+    seeds=(0,),
+    test_fraction=0.25,
+    block_tiles=2,
+    finetune=FinetuneConfig(steps=2, batch_size=4, threads=1, val_fraction=0.0),
+)
+
+
+def test_auc_is_the_mean_iou_over_the_budget():
+    assert area_under_curve(np.array([2, 4, 6]), np.array([0.2, 0.4, 0.6])) == pytest.approx(0.4)
+    assert area_under_curve(np.array([6, 2, 4]), np.array([0.5, 0.5, 0.5])) == pytest.approx(0.5)
+
+
+def _rows(gains: dict[int, float], seeds=(0, 1, 2)) -> list[dict]:
+    rows = [{"seed": -1, "formula": "start", "labelled": 0, "test_iou": 0.2}]
+    rows += [{"seed": s, "formula": "ceiling", "labelled": 10, "test_iou": 0.6} for s in seeds]
+    for s in seeds:
+        for n, iou in ((0, 0.2), (2, 0.3), (4, 0.4)):
+            rows.append({"seed": s, "formula": "random", "labelled": n, "test_iou": iou})
+            g = gains.get(n, 0.0) + 0.01 * s
+            rows.append({"seed": s, "formula": "entropy-iou", "labelled": n, "test_iou": iou + g})
+    return rows
+
+
+def test_summary_pairs_each_formula_with_random_per_seed_and_budget():
+    summary = {r["formula"]: r for r in summarise(_rows({2: 0.05, 4: 0.1}), FORMULAS)}
+    e, r = summary["entropy-iou"], summary["random"]
+    assert e["beats_random_seeds"] == "3/3"
+    assert e["sign_test_p"] == pytest.approx(0.125)  # 3 wins of 3: 1/8
+    # paired gain at 4 tiles: 10, 11, 12 points; 95 % t interval 11 +- 4.303 x 1 / sqrt(3)
+    assert e["gain_at_4"] == pytest.approx(11.0)
+    assert e["gain_at_4_ci"] == "[+8.52, +13.48]"
+    # the frame: start 0.2, ceiling 0.6; random closes (0.4 - 0.2) / 0.4 of the gap at 4
+    assert r["gap_closed_at_4"] == pytest.approx(0.5)
+    assert r["gap_closed_at_0"] == pytest.approx(0.0)
+    assert r["rises"] is True
+    # random's final IoU (0.4 at 4 labels) is reached by entropy-iou between 2 and 4 tiles
+    assert 2 < e["labels_to_random_final"] < 4
+    assert r["auc_mean"] == pytest.approx(0.3)
+
+
+def test_summary_flags_a_curve_that_falls():
+    rows = _rows({})
+    for row in rows:
+        if row["formula"] == "random" and row["labelled"] == 4:
+            row["test_iou"] = 0.25  # falls 5 points below the 2-tile budget
+    summary = {r["formula"]: r for r in summarise(rows, FORMULAS)}
+    assert summary["random"]["rises"] is False
+
+
+def test_sign_test_and_interval_helpers():
+    assert sign_test(5, 0) == pytest.approx(1 / 32)
+    assert math.isnan(sign_test(0, 0))
+    m, lo, hi = mean_interval(np.array([1.0, 1.0, 1.0]))
+    assert (m, lo, hi) == (1.0, 1.0, 1.0)
+    assert math.isnan(mean_interval(np.array([2.0]))[1])
+    assert labels_to_reach(np.array([0, 4, 8]), np.array([0.1, 0.3, 0.5]), 0.4) == 6.0
+    assert labels_to_reach(np.array([0, 4]), np.array([0.1, 0.3]), 0.9) is None
+
+
+def test_frame_report_gives_start_ceiling_and_pool_correlations():
+    rows = _rows({})
+    for row in rows:
+        row["pool_rho_pred_iou"] = 0.5 if row["formula"] != "ceiling" else None
+    report = frame_report(rows, FORMULAS)
+    assert report["start"]["test_iou"] == pytest.approx(0.2) and report["start"]["labelled"] == 0
+    assert report["ceiling"]["test_iou"] == pytest.approx(0.6)
+    assert report["ceiling"]["seeds"] == 3
+    assert report["pool_rank_correlation"]["random"][2]["pool_rho_pred_iou"] == 0.5
+
+
+@pytest.mark.slow
+def test_tiny_simulation_runs_resumes_and_uses_the_budget(
+    tiny_model, tiny_tiles, tmp_path, monkeypatch, invoke
+):
+    import rscrisis.loop.simulate as sim
+
+    calls = {"n": 0}
+    real = sim._finetune_on
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # killed in the middle of the first formula's second round
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sim, "_finetune_on", dying)
+    out = tmp_path / "sim"
+    with pytest.raises(KeyboardInterrupt):
+        simulate(tiny_model, tiny_tiles, out, config=TINY)
+    state = json.loads((out / "state.json").read_text())
+    # the starting model, the seed batch and random's round 1 were kept
+    assert [r["formula"] for r in state["rows"]] == ["start", "seed-batch", "random"]
+    # without --resume an existing simulation is never touched
+    r = invoke("simulate", tiny_model, tiny_tiles, "-o", out, "--seeds", "0")
+    assert r.exit_code == 2 and "--resume" in r.stderr
+    monkeypatch.setattr(
+        sim,
+        "_finetune_on",
+        lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1],
+    )
+    calls["n"] = 0
+    result = simulate(tiny_model, tiny_tiles, out, config=TINY, resume=True)
+    # random round 2, two rounds of the other formula and the ceiling; nothing redone
+    assert calls["n"] == 4
+    curves = pd.read_csv(out / "curves.csv")
+    assert set(curves.formula) == {"start", "random", "entropy-iou+coreset", "ceiling"}
+    manifest = json.loads((out / "simulate.json").read_text())
+    for f, chain in curves[curves.formula.isin(TINY.formulas)].groupby("formula"):
+        # exactly the budget, from the starting model: 0, seed batch, + 2 x K
+        assert list(chain.labelled) == [0, 1, 2, 3], f
+        assert chain.test_iou.between(0, 1).all()
+        assert chain.pool_tiles.iloc[1:].tolist() == [manifest["pool_tiles"] - n for n in (1, 2, 3)]
+    firsts = curves[curves.formula.isin(TINY.formulas)].groupby("formula").nth(1)
+    assert firsts.test_iou.nunique() == 1  # the same seed batch for every formula
+    ceiling = curves[curves.formula == "ceiling"]
+    assert list(ceiling.labelled) == [manifest["pool_tiles"]]
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary.formula) == {"random", "entropy-iou+coreset"}
+    assert {"gap_closed_at_3", "gain_at_3", "gain_at_3_ci", "rises"} <= set(summary.columns)
+    report = json.loads((out / "report.json").read_text())
+    assert report["start"]["labelled"] == 0 and report["ceiling"]["labelled"] > 3
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert result.runs == 1 + 1 + 2 * 2 + 1
+    assert result.start["test_iou"] == pytest.approx(curves.test_iou.iloc[0], abs=1e-4)
+    assert manifest["pool_tiles"] + manifest["test_tiles"] <= 16
+    # the fine-tuned models carry an IoU calibrator fitted on the revealed tiles
+    from rscrisis.ml.model import read_meta
+
+    chain = state = json.loads((out / "state.json").read_text())["chains"]["0/random"]
+    meta = read_meta(chain["model"])
+    assert len(meta.training["calibration_samples"]) == 3
+    assert "iou_calibrator" in meta.training
+    # changed settings cannot resume someone else's run
+    other = TINY.model_copy(update={"seed_batch": 2})
+    with pytest.raises(Exception, match="other settings"):
+        simulate(tiny_model, tiny_tiles, out, config=other, resume=True)
+
+
+def test_band_split_keeps_a_one_tile_gap_to_the_southern_test_band():
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from rscrisis.loop.simulate import band_split
+
+    tiles = [box(c * 10, -(r + 1) * 10, (c + 1) * 10, -r * 10) for r in range(5) for c in range(3)]
+    frame = gpd.GeoDataFrame({"tile_id": [f"t{i}" for i in range(15)]}, geometry=tiles)
+    pool, test = band_split(frame, 0.2)
+    assert sorted(test) == [12, 13, 14]  # the southern row
+    assert sorted(pool) == list(range(9))  # rows 0-2; row 3 is the gap

@@ -1,0 +1,64 @@
+"""Few-tile fine-tuning (training.fit_steps): class-balanced draws, replay mix, do no harm."""
+
+import numpy as np
+import pytest
+import torch
+
+from rscrisis.ml.data import TileDataset, load_tiles
+from rscrisis.ml.model import load_model
+from rscrisis.ml.training import StepPlan, draw_weights, fit_steps
+
+
+def test_draw_weights_cap_the_share_of_empty_tiles():
+    has = np.array([True, False, False, False])
+    w = draw_weights(has, 0.5)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[0] == pytest.approx(0.5) and w[1:].sum() == pytest.approx(0.5)
+    # fewer empties than the cap: drawn as often as the rest
+    w = draw_weights(np.array([True, True, True, False]), 0.5)
+    assert w == pytest.approx([0.25] * 4)
+    # a batch of only empty (or only full) tiles: uniform, there is nothing to balance
+    assert draw_weights(np.array([False, False]), 0.5) == pytest.approx([0.5, 0.5])
+
+
+class _Inverted(TileDataset):
+    """Labels turned inside out: training on them can only make the model worse."""
+
+    def __getitem__(self, i):
+        x, mask, valid = super().__getitem__(i)
+        flipped = torch.where(mask == 1, 0, 1).to(mask.dtype)
+        return x, torch.where(valid, flipped, mask), valid
+
+
+def _datasets(tiles, meta, cls=TileDataset):
+    frame = load_tiles([tiles], need_masks=True).frame
+    args = (frame.image_path, frame.mask_path, meta.mean, meta.std, "uint8")
+    return cls(*args), TileDataset(*args), frame
+
+
+@pytest.mark.slow
+def test_the_starting_model_stays_in_the_running_on_a_trusted_slice(tiny_model, tiny_tiles):
+    model, meta = load_model(tiny_model)
+    bad, good, frame = _datasets(tiny_tiles, meta, _Inverted)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = StepPlan(steps=6, batch_size=4, lr=5e-3, eval_every=3, ema=0.0)
+    fit = fit_steps(
+        model, meta, bad, np.ones(len(frame), bool), plan, check=good, select_on_check=True
+    )
+    assert fit.before["val_iou"] > 0  # scored before the first step
+    assert fit.chosen == "start"  # nothing trained on inverted labels beat it
+    assert fit.after["val_iou"] == pytest.approx(fit.before["val_iou"])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, start[k]), k
+
+
+@pytest.mark.slow
+def test_fixed_budget_mixes_replay_at_the_ratio_and_reports_before_after(tiny_model, tiny_tiles):
+    model, meta = load_model(tiny_model)
+    new, check, frame = _datasets(tiny_tiles, meta)
+    plan = StepPlan(steps=4, batch_size=4, lr=1e-4, replay_ratio=1.0, ema=0.9, eval_every=2)
+    fit = fit_steps(model, meta, new, np.ones(len(frame), bool), plan, replay=check, check=check)
+    assert (fit.new_draws, fit.replay_draws) == (8, 8)  # 2 new + 2 replayed per step
+    assert fit.chosen == "final" and [h["step"] for h in fit.history] == [2, 4]
+    assert "val_iou" in fit.before and "val_iou" in fit.after
+    assert "val_iou" in fit.history[-1]  # the final evaluation is in the history
