@@ -62,6 +62,16 @@ def write_csv_atomic(final: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (no extra disk), or a copy where links are impossible
+    (another filesystem, FAT-formatted USB sticks). Only for files rscrisis itself reads later:
+    files people edit (batch chips) are always copied."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def remove_partials(folder: Path) -> int:
     """Delete leftovers of a killed run (``.*.partial.*``) below ``folder``; returns the count."""
     n = 0

@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
+#: uint8 probability rasters (tile predictions, scene maps): probability = value / PROB_SCALE,
+#: PROB_NODATA marks nodata (the GeoTIFF scale tag carries 1 / PROB_SCALE). The one definition.
+PROB_SCALE = 254
+PROB_NODATA = 255
+
 
 #: GDAL block cache for streaming reads and writes (tile, scene predict): GDAL's default is 5 %
 #: of RAM, which a long run fills with blocks; 64 MB holds the block rows one strip needs, and

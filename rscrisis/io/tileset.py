@@ -132,10 +132,8 @@ def write_subset(root: Path, out: Path, tile_ids, *, overwrite: bool = False) ->
     Image and mask files are hard-linked when possible (no extra disk), copied otherwise; the
     index keeps its rows and the manifest records where the subset came from.
     """
-    import os
-    import shutil
 
-    from rscrisis.io.outputs import atomic_path, guard_output_dir, write_json_atomic
+    from rscrisis.io.outputs import atomic_path, guard_output_dir, link_or_copy, write_json_atomic
 
     root, out = Path(root), Path(out)
     index = read_index(root)
@@ -155,10 +153,7 @@ def write_subset(root: Path, out: Path, tile_ids, *, overwrite: bool = False) ->
         if has_masks:
             pairs.append((src.mask_path(tid), dst.mask_path(tid)))
         for a, b in pairs:
-            try:
-                os.link(a, b)
-            except OSError:
-                shutil.copy2(a, b)
+            link_or_copy(a, b)
     with atomic_path(dst.index) as tmp:
         sub.to_file(tmp, layer=INDEX_LAYER, driver="GPKG", engine="pyogrio")
     manifest = read_manifest(root)

@@ -63,30 +63,33 @@ def _polygonal_part(geom: shapely.Geometry) -> shapely.Geometry | None:
     return None
 
 
+#: shapely type ids (``shapely.get_type_id``)
+_POLYGON, _MULTIPOLYGON, _COLLECTION = 3, 6, 7
+
+
 def clean_polygons(frame: gpd.GeoDataFrame, stats: LabelStats) -> gpd.GeoDataFrame:
-    """Drop empties and non-polygons, repair invalid polygons; updates ``stats`` in place."""
-    geoms = frame.geometry.values
-    keep = np.zeros(len(frame), dtype=bool)
-    out = np.empty(len(frame), dtype=object)
-    for i, geom in enumerate(geoms):
-        if geom is None or geom.is_empty:
-            stats.skipped_empty += 1
-            continue
-        if geom.geom_type not in POLYGONAL and geom.geom_type != "GeometryCollection":
-            stats.skipped_non_polygon += 1
-            continue
-        if not geom.is_valid:
-            geom = shapely.make_valid(geom)
-            stats.repaired += 1
-        part = _polygonal_part(geom)
-        if part is None or part.is_empty:
-            stats.skipped_non_polygon += 1
-            continue
-        keep[i] = True
-        out[i] = part
+    """Drop empties and non-polygons, repair invalid polygons; updates ``stats`` in place.
+
+    Vectorised with shapely 2 (validity, repair and types over the whole array); only the
+    rare geometry collections that repair leaves are reduced to their polygonal part one by
+    one."""
+    geoms = np.array(frame.geometry.values, dtype=object)  # a copy: the input stays as it was
+    missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    types = shapely.get_type_id(geoms)
+    candidate = ~missing & np.isin(types, [_POLYGON, _MULTIPOLYGON, _COLLECTION])
+    invalid = candidate & ~shapely.is_valid(geoms)
+    if invalid.any():
+        geoms[invalid] = shapely.make_valid(geoms[invalid])
+        types = shapely.get_type_id(geoms)
+    for i in np.flatnonzero(candidate & ~np.isin(types, [_POLYGON, _MULTIPOLYGON])):
+        geoms[i] = _polygonal_part(geoms[i])
+    keep = candidate & ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
+    stats.skipped_empty += int(missing.sum())
+    stats.skipped_non_polygon += int((~missing & ~keep).sum())
+    stats.repaired += int(invalid.sum())
     cleaned = frame.loc[keep].copy()
     cleaned = cleaned.set_geometry(
-        gpd.GeoSeries(list(out[keep]), index=cleaned.index, crs=frame.crs)
+        gpd.GeoSeries(list(geoms[keep]), index=cleaned.index, crs=frame.crs)
     )
     stats.polygons += len(cleaned)
     return cleaned

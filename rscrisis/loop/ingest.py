@@ -18,7 +18,6 @@ rasterised like ``rscrisis tile`` does: pixel centres inside, 255 where the imag
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from rscrisis.errors import InputError, LabelError
 from rscrisis.io.batch import EDIT_FILES, IMAGE, BatchLayout, geometry_fingerprint
+from rscrisis.io.outputs import link_or_copy
 from rscrisis.io.raster import one_band_profile, read_raster
 from rscrisis.io.tileset import (
     INDEX_LAYER,
@@ -290,10 +290,7 @@ def write_labels(root: Path, planned: list[_Planned]) -> Path:
     manifest: dict = {}
     indexes: dict[Path, object] = {}
     for p in planned:
-        try:
-            os.link(p.image, dst.image_path(p.tile_id))
-        except OSError:
-            shutil.copy2(p.image, dst.image_path(p.tile_id))
+        link_or_copy(p.image, dst.image_path(p.tile_id))
         with read_raster(p.image) as ds:
             valid = np.any(ds.read_masks() > 0, axis=0)
             profile = one_band_profile(ds, MASK_IGNORE)

@@ -215,27 +215,16 @@ def _cluster(pool, emb, score, k, allowed, spacing, seed) -> list[int]:
 
 
 def kmeans(x: np.ndarray, k: int, seed: int, iterations: int = 50) -> np.ndarray:
-    """Cluster labels of the rows of ``x`` (Lloyd's algorithm, k-means++ seeding)."""
-    rng = np.random.default_rng(seed)
+    """Cluster labels of the rows of ``x``: ``scipy.cluster.vq.kmeans2`` with k-means++ seeding,
+    seeded so a batch is reproducible."""
+    import warnings
+
+    from scipy.cluster.vq import kmeans2
+
     n = len(x)
     if k >= n:
         return np.arange(n)
-    centres = [x[rng.integers(n)]]
-    d2 = ((x - centres[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        total = d2.sum()
-        idx = rng.choice(n, p=d2 / total) if total > 0 else rng.integers(n)
-        centres.append(x[idx])
-        d2 = np.minimum(d2, ((x - x[idx]) ** 2).sum(1))
-    c = np.stack(centres)
-    labels = np.zeros(n, int)
-    for _ in range(iterations):
-        new = ((x[:, None, :] - c[None]) ** 2).sum(2).argmin(1)
-        if (new == labels).all() and _ > 0:
-            break
-        labels = new
-        for j in range(k):
-            members = x[labels == j]
-            if len(members):
-                c[j] = members.mean(0)
-    return labels
+    with warnings.catch_warnings():  # an empty cluster is fine here: its tiles go elsewhere
+        warnings.simplefilter("ignore")
+        _, labels = kmeans2(np.asarray(x, np.float64), k, iter=iterations, minit="++", seed=seed)
+    return labels.astype(int)

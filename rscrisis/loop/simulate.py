@@ -344,7 +344,9 @@ def area_under_curve(labelled: np.ndarray, iou: np.ndarray) -> float:
     x, y = labelled[order].astype(float), iou[order].astype(float)
     if len(x) < 2 or x[-1] == x[0]:
         return float(y.mean())
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / (x[-1] - x[0]))
+    from scipy.integrate import trapezoid
+
+    return float(trapezoid(y, x) / (x[-1] - x[0]))
 
 
 def mean_interval(values: np.ndarray) -> tuple[float, float, float]:

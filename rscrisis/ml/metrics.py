@@ -22,7 +22,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-IGNORE = 255
+from rscrisis.io.tileset import MASK_IGNORE
+
+#: the IoU of an empty prediction of an empty truth: right, so 1 (the one definition; the torch
+#: side is :func:`rscrisis.ml.model.iou_or_empty`)
+EMPTY_IOU = 1.0
 
 
 @dataclass
@@ -45,7 +49,7 @@ class Confusion:
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> Confusion:
     """Confusion counts of a boolean prediction against a 0/1/255 mask, ignoring 255."""
-    valid = truth != IGNORE
+    valid = truth != MASK_IGNORE
     t = (truth == 1) & valid
     p = pred.astype(bool) & valid
     tp = int(np.count_nonzero(p & t))
@@ -62,7 +66,7 @@ def _ratio(num: float, den: float, empty: float) -> float:
 def pixel_scores(tp: int, fp: int, fn: int) -> dict[str, float]:
     """IoU, F1, precision, recall; an empty prediction of an empty truth scores 1."""
     return {
-        "iou": _ratio(tp, tp + fp + fn, 1.0),
+        "iou": _ratio(tp, tp + fp + fn, EMPTY_IOU),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn, 1.0),
         "precision": _ratio(tp, tp + fp, 1.0 if fn == 0 else 0.0),
         "recall": _ratio(tp, tp + fn, 1.0 if fp == 0 else 0.0),
@@ -71,40 +75,24 @@ def pixel_scores(tp: int, fp: int, fn: int) -> dict[str, float]:
 
 def tile_iou(pred: np.ndarray, truth: np.ndarray) -> float:
     """Per-tile IoU with the conventions above (1.0 when both empty, NaN when all ignored)."""
-    valid = truth != IGNORE
+    valid = truth != MASK_IGNORE
     if not valid.any():
         return float("nan")
     c = confusion(pred, truth)
-    return _ratio(c.tp, c.tp + c.fp + c.fn, 1.0)
-
-
-def rankdata(values: np.ndarray) -> np.ndarray:
-    """Ranks with ties averaged (as scipy.stats.rankdata), without needing scipy."""
-    values = np.asarray(values, dtype=float)
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=float)
-    sorted_vals = values[order]
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
+    return _ratio(c.tp, c.tp + c.fp + c.fn, EMPTY_IOU)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of finite pairs; NaN with fewer than 3 pairs or no spread."""
+    """Spearman rank correlation (``scipy.stats.spearmanr``, ties averaged) of the finite
+    pairs; NaN with fewer than 3 pairs or no spread on either side."""
+    from scipy import stats
+
     a, b = np.asarray(a, float), np.asarray(b, float)
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
-    if len(a) < 3:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
-    ra, rb = rankdata(a), rankdata(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(stats.spearmanr(a, b)[0])
 
 
 def calibration(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
@@ -181,7 +169,7 @@ def object_counts(
     pred: np.ndarray, truth: np.ndarray, min_area_px: int = 16, iou_threshold: float = 0.5
 ) -> ObjectCounts:
     """Object matching of a predicted boolean mask against a 0/1/255 mask (ignore excluded)."""
-    valid = truth != IGNORE
+    valid = truth != MASK_IGNORE
     return match_objects(
         mask_to_polygons(pred.astype(bool) & valid, min_area_px=min_area_px),
         mask_to_polygons(truth == 1, min_area_px=min_area_px),

@@ -56,6 +56,21 @@ DEFAULT_ENCODER = "resnet18"
 N_PROB_STATS = 4
 
 
+def iou_or_empty(inter: torch.Tensor, union: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """``inter / union``, and :data:`rscrisis.ml.metrics.EMPTY_IOU` where the union is empty
+    (nothing predicted, nothing there). ``eps`` guards the division: 1 for pixel counts."""
+    from rscrisis.ml.metrics import EMPTY_IOU
+
+    return torch.where(union > 0, inter / union.clamp_min(eps), torch.full_like(union, EMPTY_IOU))
+
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Binary entropy in bits of probabilities ``p`` (clamped away from 0 and 1): the one
+    definition, used by the per-tile statistics and by BALD."""
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+
+
 def prob_stats(prob: torch.Tensor, valid: torch.Tensor | None, threshold: float) -> torch.Tensor:
     """Per-tile statistics of a probability map (B, 1, H, W) over valid pixels -> (B, 4).
 
@@ -65,11 +80,11 @@ def prob_stats(prob: torch.Tensor, valid: torch.Tensor | None, threshold: float)
     p = prob.clamp(1e-6, 1 - 1e-6).flatten(1)
     w = torch.ones_like(p) if valid is None else valid.flatten(1).to(p.dtype)
     n = w.sum(1).clamp_min(1.0)
-    ent = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+    ent = binary_entropy(p)
     pred = (p > threshold).to(p.dtype) * w
     inter = (pred * p).sum(1)
     union = pred.sum(1) + ((1 - pred) * p * w).sum(1)
-    soft_iou = torch.where(union > 0, inter / union.clamp_min(1e-6), torch.ones_like(union))
+    soft_iou = iou_or_empty(inter, union, eps=1e-6)
     return torch.stack([(p * w).sum(1) / n, (ent * w).sum(1) / n, soft_iou, pred.sum(1) / n], dim=1)
 
 

@@ -34,6 +34,7 @@ from rscrisis.ml.model import (
     ModelMeta,
     build_model,
     check_bands,
+    iou_or_empty,
     load_model,
     save_model,
 )
@@ -49,7 +50,7 @@ def batch_tile_iou(pred: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) 
     t = ((mask == 1) & valid).flatten(1)
     inter = (p & t).sum(1).float()
     union = (p | t).sum(1).float()
-    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    iou = iou_or_empty(inter, union)
     return torch.where(valid.flatten(1).any(1), iou, torch.full_like(iou, float("nan")))
 
 

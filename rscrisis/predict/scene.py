@@ -43,6 +43,8 @@ from rscrisis.geo.windows import WindowPlan, WindowSpec
 from rscrisis.io.outputs import atomic_path, claim_output_dir, partial_path, write_json_atomic
 from rscrisis.io.raster import (
     GDAL_CACHE_BYTES,
+    PROB_NODATA,
+    PROB_SCALE,
     Grid,
     SceneInfo,
     expand_raster_inputs,
@@ -51,6 +53,7 @@ from rscrisis.io.raster import (
     read_padded,
     target_grid,
 )
+from rscrisis.io.tileset import MASK_IGNORE
 from rscrisis.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,6 @@ BUILDINGS_JSON = "buildings.geojson"
 WINDOWS = "windows.gpkg"
 MANIFEST = "predict.json"
 PRODUCTS = (PROBABILITY, MASK, BUILDINGS, BUILDINGS_JSON, WINDOWS, MANIFEST)
-PROB_SCALE = 254
-NODATA_U8 = 255
 #: rows per written strip = intermediate GeoTIFF block side: memory per strip scales with it
 BLOCK = 256
 #: block side of the final COGs
@@ -304,12 +305,12 @@ class _SceneWriter:
         prob_profile = {
             **base,
             "dtype": "float32" if float16 else "uint8",
-            "nodata": float("nan") if float16 else NODATA_U8,
+            "nodata": float("nan") if float16 else PROB_NODATA,
         }
         if float16:
             prob_profile.update(nbits=16, predictor=3)
         self.prob_ds = rasterio.open(self.tmp_prob, "w", **prob_profile)
-        self.mask_ds = rasterio.open(self.tmp_mask, "w", **base, dtype="uint8", nodata=NODATA_U8)
+        self.mask_ds = rasterio.open(self.tmp_mask, "w", **base, dtype="uint8", nodata=MASK_IGNORE)
         self.buildings = BuildingLayer(
             out / BUILDINGS, grid.crs, out / BUILDINGS_JSON if config.geojson else None
         )
@@ -367,12 +368,12 @@ class _SceneWriter:
             else:
                 scaled = np.multiply(prob, PROB_SCALE, dtype=np.float32)
                 p_out = np.rint(scaled, out=scaled).astype(np.uint8)
-                p_out[invalid] = NODATA_U8
+                p_out[invalid] = PROB_NODATA
             mask = (prob > self.threshold) & valid
             self.prob_ds.write(p_out, 1, window=win)
             del p_out
             m_out = mask.view(np.uint8).copy()
-            m_out[invalid] = NODATA_U8
+            m_out[invalid] = MASK_IGNORE
             self.mask_ds.write(m_out, 1, window=win)
         with self.clock.stage("polygons"):
             self.polygons.add_strip(first_row, mask, prob)

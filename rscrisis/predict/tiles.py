@@ -41,11 +41,19 @@ from rscrisis import __version__
 from rscrisis.config import PredictConfig
 from rscrisis.io.names import child
 from rscrisis.io.outputs import atomic_path, claim_output_dir, write_json_atomic
-from rscrisis.io.raster import one_band_profile, read_raster
+from rscrisis.io.raster import PROB_NODATA, PROB_SCALE, one_band_profile, read_raster
 from rscrisis.ml.calibration import FEATURES, IoUCalibrator
 from rscrisis.ml.data import TileDataset, load_tiles
 from rscrisis.ml.device import autocast_dtype, resolve_device
-from rscrisis.ml.model import BuildingSegmenter, ModelMeta, check_tiles, load_model, prob_stats
+from rscrisis.ml.model import (
+    BuildingSegmenter,
+    ModelMeta,
+    binary_entropy,
+    check_tiles,
+    iou_or_empty,
+    load_model,
+    prob_stats,
+)
 from rscrisis.ml.tta import D4, IDENTITY, forward_views
 from rscrisis.progress import Progress, no_progress
 
@@ -57,13 +65,6 @@ SCORES_LAYER = "scores"
 EMBEDDINGS = "embeddings.npy"
 MANIFEST = "predict.json"
 PRODUCTS = (PROBS, SCORES, EMBEDDINGS, MANIFEST)
-PROB_SCALE = 254
-PROB_NODATA = 255
-
-
-def binary_entropy(p: torch.Tensor) -> torch.Tensor:
-    p = p.clamp(1e-6, 1 - 1e-6)
-    return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
 
 
 @dataclass
@@ -134,9 +135,7 @@ def run_model(
                 for j in range(i + 1, mc_samples):
                     inter = (binary[i] & binary[j]).flatten(1).sum(1).float()
                     union = (binary[i] | binary[j]).flatten(1).sum(1).float()
-                    pair_iou.append(
-                        torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-                    )
+                    pair_iou.append(iou_or_empty(inter, union))
             stats["mc_agreement"] = (
                 torch.stack(pair_iou).mean(0) if pair_iou else torch.ones(len(x), device=device)
             )

@@ -62,3 +62,17 @@ def test_reprojection_is_cached_per_crs(tmp_path):
     first = labels.in_crs(CRS.from_epsg(4326))
     assert labels.in_crs(CRS.from_epsg(4326)) is first
     assert first.crs.to_epsg() == 4326
+
+
+def test_cleaning_leaves_its_input_untouched():
+    import geopandas as gpd
+    from shapely.geometry import Polygon
+
+    from rscrisis.io.vector import LabelStats, clean_polygons
+
+    bowtie = Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])
+    frame = gpd.GeoDataFrame(geometry=[bowtie], crs="EPSG:32645")
+    stats = LabelStats()
+    cleaned = clean_polygons(frame, stats)
+    assert stats.repaired == 1 and cleaned.geometry.iloc[0].is_valid
+    assert not frame.geometry.iloc[0].is_valid  # the caller's frame is not repaired in place
