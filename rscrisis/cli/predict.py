@@ -106,6 +106,9 @@ def predict_command(
             rich_help_panel=SCENE,
         ),
     ] = default(S, "channels_last"),
+    prefetch: Annotated[
+        int, typer.Option(help=describe(S, "prefetch"), rich_help_panel=SCENE)
+    ] = default(S, "prefetch"),
     max_output_gb: Annotated[
         float, typer.Option(help=describe(S, "max_output_gb"), rich_help_panel=SCENE)
     ] = default(S, "max_output_gb"),
@@ -194,6 +197,7 @@ def predict_command(
         channels_last=channels_last,
         threads=threads,
         max_output_gb=max_output_gb,
+        prefetch=prefetch,
     )
     with progress_bar("predicting scene", enabled=level >= 0) as progress:
         scene_result = predict_scene(

@@ -42,6 +42,8 @@ def rank_command(
         R, "pool_factor"
     ),
     spacing: Annotated[float, typer.Option(help=describe(R, "spacing"))] = default(R, "spacing"),
+    min_area: Annotated[float, typer.Option(help=describe(R, "min_area"))] = default(R, "min_area"),
+    simplify: Annotated[float, typer.Option(help=describe(R, "simplify"))] = default(R, "simplify"),
     spatial: Annotated[
         bool, typer.Option("--spatial/--no-spatial", help=describe(R, "spatial"))
     ] = default(R, "spatial"),
@@ -88,6 +90,8 @@ def rank_command(
         diversity=diversity.value,
         pool_factor=pool_factor,
         spacing=spacing,
+        min_area=min_area,
+        simplify=simplify,
         spatial=spatial,
         min_valid=min_valid,
         skip_empty=skip_empty,

@@ -20,6 +20,10 @@ def sample_data_command(
     size_a: Annotated[int, typer.Option(help=describe(S, "size_a"))] = default(S, "size_a"),
     size_b: Annotated[int, typer.Option(help=describe(S, "size_b"))] = default(S, "size_b"),
     gsd: Annotated[float, typer.Option(help=describe(S, "gsd"))] = default(S, "gsd"),
+    epsg: Annotated[int, typer.Option(help=describe(S, "epsg"))] = default(S, "epsg"),
+    jpeg_quality: Annotated[int, typer.Option(help=describe(S, "jpeg_quality"))] = default(
+        S, "jpeg_quality"
+    ),
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
     verbose: Verbose = 0,
@@ -35,7 +39,15 @@ def sample_data_command(
     from rscrisis.synth.scenes import generate_sample_data
 
     level = verbosity(ctx, verbose, quiet)
-    config = resolve(SyntheticConfig, seed=seed, size_a=size_a, size_b=size_b, gsd=gsd)
+    config = resolve(
+        SyntheticConfig,
+        seed=seed,
+        size_a=size_a,
+        size_b=size_b,
+        gsd=gsd,
+        epsg=epsg,
+        jpeg_quality=jpeg_quality,
+    )
     summary = generate_sample_data(out, config, overwrite=overwrite)
     if json_output:
         print_json(summary)

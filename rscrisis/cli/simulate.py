@@ -52,6 +52,9 @@ def simulate_command(
         S, "test_fraction"
     ),
     split: Annotated[SplitChoice, typer.Option(help=describe(S, "split"))] = default(S, "split"),
+    split_seed: Annotated[int, typer.Option(help=describe(S, "split_seed"))] = default(
+        S, "split_seed"
+    ),
     block_tiles: Annotated[int, typer.Option(help=describe(S, "block_tiles"))] = default(
         S, "block_tiles"
     ),
@@ -126,6 +129,7 @@ def simulate_command(
         seeds=seed_values,
         test_fraction=test_fraction,
         split=getattr(split, "value", split),
+        split_seed=split_seed,
         block_tiles=block_tiles,
         spatial=spatial,
         mc_samples=mc_samples,
