@@ -49,6 +49,7 @@ from rscrisis.io.raster import (
     Grid,
     SceneInfo,
     expand_raster_inputs,
+    gtiff_profile,
     inspect_scene,
     open_grid,
     read_padded,
@@ -236,20 +237,17 @@ def _block_size(size: int) -> int:
 def _image_profile(info: SceneInfo, config: TileConfig, transform: Affine) -> dict:
     size = config.size
     block = _block_size(size)
-    profile: dict = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "count": info.band_count,
-        "dtype": info.dtype,
-        "crs": info.crs,
-        "transform": transform,
-        "nodata": info.nodata,
-        "tiled": True,
-        "blockxsize": block,
-        "blockysize": block,
-        "interleave": "pixel",
-    }
+    profile = gtiff_profile(
+        size,
+        size,
+        info.band_count,
+        info.dtype,
+        info.crs,
+        transform,
+        nodata=info.nodata,
+        block=block,
+        interleave="pixel",
+    )
     if config.compress != "none":
         profile["compress"] = config.compress
     if config.compress in ("deflate", "lzw", "zstd"):
@@ -265,21 +263,17 @@ def _image_profile(info: SceneInfo, config: TileConfig, transform: Affine) -> di
 
 
 def _mask_profile(info: SceneInfo, config: TileConfig, transform: Affine) -> dict:
-    block = _block_size(config.size)
-    return {
-        "driver": "GTiff",
-        "width": config.size,
-        "height": config.size,
-        "count": 1,
-        "dtype": "uint8",
-        "crs": info.crs,
-        "transform": transform,
-        "nodata": MASK_IGNORE,
-        "tiled": True,
-        "blockxsize": block,
-        "blockysize": block,
-        "compress": "deflate",
-    }
+    return gtiff_profile(
+        config.size,
+        config.size,
+        1,
+        "uint8",
+        info.crs,
+        transform,
+        nodata=MASK_IGNORE,
+        block=_block_size(config.size),
+        compress="deflate",
+    )
 
 
 def _write_tile(

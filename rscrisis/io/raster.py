@@ -418,20 +418,50 @@ def _valid_pixels(ds, bands: Sequence[int], window: Window, block: np.ndarray) -
     return np.any(ds.read_masks(list(bands), window=window) > 0, axis=0)
 
 
+def gtiff_profile(
+    width: int,
+    height: int,
+    count: int,
+    dtype: str,
+    crs,
+    transform: Affine,
+    *,
+    nodata: float | None = None,
+    block: int | tuple[int, int] | None = None,
+    **options,
+) -> dict:
+    """The one builder of GeoTIFF write profiles (tiles, masks, probabilities, scene
+    intermediates, sample data): grid, bands and nodata, internal tiling of ``block`` px
+    (square, or (x, y)) when given, and any creation ``options`` (compress, predictor, ...)."""
+    profile: dict = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+    }
+    if block is not None:
+        bx, by = (block, block) if isinstance(block, int) else block
+        profile.update(tiled=True, blockxsize=bx, blockysize=by)
+    profile.update(options)
+    return profile
+
+
 def one_band_profile(ds, nodata: float, dtype: str = "uint8") -> dict:
     """GeoTIFF profile of a one-band product on ``ds``'s grid (deflate, 256 px blocks when the
     raster is wide enough): predicted probabilities and rasterised masks of a tile."""
-    profile = {
-        "driver": "GTiff",
-        "width": ds.width,
-        "height": ds.height,
-        "count": 1,
-        "dtype": dtype,
-        "crs": ds.crs,
-        "transform": ds.transform,
-        "nodata": nodata,
-        "compress": "deflate",
-    }
-    if ds.width % 16 == 0 and ds.height % 16 == 0:
-        profile.update(tiled=True, blockxsize=min(256, ds.width), blockysize=min(256, ds.height))
-    return profile
+    tiled = ds.width % 16 == 0 and ds.height % 16 == 0
+    return gtiff_profile(
+        ds.width,
+        ds.height,
+        1,
+        dtype,
+        ds.crs,
+        ds.transform,
+        nodata=nodata,
+        block=(min(256, ds.width), min(256, ds.height)) if tiled else None,
+        compress="deflate",
+    )

@@ -48,6 +48,7 @@ from rscrisis.io.raster import (
     Grid,
     SceneInfo,
     expand_raster_inputs,
+    gtiff_profile,
     inspect_scene,
     open_grid,
     read_padded,
@@ -286,21 +287,21 @@ class _SceneWriter:
         grid = prep.grid
         self.tmp_prob = partial_path(out / f"raw-{PROBABILITY}")
         self.tmp_mask = partial_path(out / f"raw-{MASK}")
-        base = {
-            "driver": "GTiff",
-            "width": grid.width,
-            "height": grid.height,
-            "count": 1,
-            "crs": grid.crs,
-            "transform": grid.transform,
-            "tiled": True,
-            "blockxsize": BLOCK,
-            "blockysize": BLOCK,
+        # dtype and nodata are set per file below
+        base = gtiff_profile(
+            grid.width,
+            grid.height,
+            1,
+            "uint8",
+            grid.crs,
+            grid.transform,
+            block=BLOCK,
             # a temporary file: the cheapest compression that keeps big scenes off the disk
-            "compress": "zstd",
-            "zstd_level": 1,
-            "BIGTIFF": "IF_SAFER",
-        }
+            compress="zstd",
+            zstd_level=1,
+            BIGTIFF="IF_SAFER",
+        )
+        del base["dtype"], base["nodata"]
         float16 = config.prob_format == "float16"
         prob_profile = {
             **base,

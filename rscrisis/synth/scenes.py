@@ -34,6 +34,7 @@ from rscrisis.config import SyntheticConfig
 from rscrisis.errors import InputError
 from rscrisis.geo.label_noise import LabelNoise, apply_label_noise
 from rscrisis.io.outputs import atomic_path, claim_output_dir, write_json_atomic
+from rscrisis.io.raster import gtiff_profile
 
 
 @dataclass(frozen=True)
@@ -312,21 +313,19 @@ def render_scene(
 def _write_scene(
     path: Path, image: np.ndarray, valid: np.ndarray, transform: Affine, crs: CRS, quality: int
 ) -> None:
-    profile = {
-        "driver": "GTiff",
-        "width": image.shape[2],
-        "height": image.shape[1],
-        "count": 3,
-        "dtype": "uint8",
-        "crs": crs,
-        "transform": transform,
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": "jpeg",
-        "photometric": "ycbcr",
-        "quality": quality,
-    }
+    profile = gtiff_profile(
+        image.shape[2],
+        image.shape[1],
+        3,
+        "uint8",
+        crs,
+        transform,
+        block=256,
+        compress="jpeg",
+        photometric="ycbcr",
+        quality=quality,
+    )
+    del profile["nodata"]  # validity is the internal mask
     with (
         rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
         atomic_path(path) as tmp,
