@@ -524,7 +524,7 @@ def _manifest(
     result: TileResult | None = None,
 ) -> dict:
     return {
-        "kind": "rscrisis.io.tileset",
+        "kind": "rscrisis.tileset",
         "rscrisis_version": __version__,
         "status": status,
         "config": config.model_dump(mode="json"),

@@ -260,7 +260,7 @@ def rank(
         write_json_atomic(
             BatchLayout(out).manifest,
             {
-                "kind": "rscrisis.io.batch",
+                "kind": "rscrisis.batch",
                 "rscrisis_version": __version__,
                 "prediction_set": str(pred.root.resolve()),
                 "model": pred.manifest.get("model"),

@@ -281,7 +281,7 @@ def finetune_tilesets(
     write_json_atomic(
         sidecar(out, ".finetune.json"),
         {
-            "kind": "rscrisis.loop.finetune",
+            "kind": "rscrisis.finetune",
             "rscrisis_version": __version__,
             "model": str(model_path),
             "tilesets": [str(t) for t in new_sets],

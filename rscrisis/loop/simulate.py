@@ -574,7 +574,7 @@ def simulate(
         write_json_atomic(
             out / MANIFEST,
             {
-                "kind": "rscrisis.loop.simulate",
+                "kind": "rscrisis.simulation",
                 **fingerprint,
                 "pool": str(pool),
                 "test": str(test),

@@ -39,7 +39,7 @@ from rscrisis.io.outputs import atomic_path
 
 log = logging.getLogger(__name__)
 
-FORMAT = "rscrisis.ml.model/1"
+FORMAT = "rscrisis.model/1"
 ARCHITECTURE = "unet+iou-head"
 
 #: Encoders offered by ``--encoder``. All build without downloading weights

@@ -138,7 +138,7 @@ def evaluate(
             write_json_atomic(
                 out / "evaluation.json",
                 {
-                    "kind": "rscrisis.predict.evaluate",
+                    "kind": "rscrisis.evaluation",
                     "rscrisis_version": __version__,
                     "tilesets": [str(t) for t in tilesets],
                     "config": config.model_dump(mode="json"),
