@@ -79,6 +79,14 @@ class SyntheticConfig(_Config):
     jpeg_quality: int = Field(88, ge=10, le=100, description="JPEG quality of the scene GeoTIFFs")
 
 
+def first_problem(exc, where: str) -> tuple[str, str]:
+    """(dotted place, message) of a pydantic ValidationError's first error, ``where`` when it
+    is the whole input: the one way options, model metadata and manifests name what is wrong."""
+    first = exc.errors()[0]
+    place = ".".join(str(p) for p in first["loc"]) or where
+    return place, first["msg"].removeprefix("Value error, ")
+
+
 def resolve(config: type[_Config], **values) -> _Config:
     """Build ``config`` from CLI values; a validation failure becomes a one-line InputError."""
     from pydantic import ValidationError
@@ -88,10 +96,8 @@ def resolve(config: type[_Config], **values) -> _Config:
     try:
         return config(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "options"
-        option = f"--{field.replace('_', '-')}" if first["loc"] else "options"
-        message = first["msg"].removeprefix("Value error, ")
+        field, message = first_problem(exc, "options")
+        option = f"--{field.replace('_', '-')}" if exc.errors()[0]["loc"] else field
         raise InputError(f"invalid {option}: {message}") from exc
 
 

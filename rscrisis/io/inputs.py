@@ -68,9 +68,10 @@ def read_json(path: Path, *, hint: str, schema: type | None = None) -> dict[str,
         try:
             schema.model_validate(value)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "the file"
-            raise InputError(f"{where}: {first['msg']}", path=path, hint=hint) from None
+            from rscrisis.config import first_problem
+
+            where, message = first_problem(exc, "the file")
+            raise InputError(f"{where}: {message}", path=path, hint=hint) from None
     return value
 
 

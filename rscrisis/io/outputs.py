@@ -90,6 +90,13 @@ def _remove(paths: Iterable[Path]) -> None:
             p.unlink()
 
 
+def _check_out_dir(out: Path, overwrite: bool, resume: bool) -> None:
+    if overwrite and resume:
+        raise InputError("--overwrite and --resume exclude each other", hint="choose one")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError("exists and is not a folder", path=out, hint="choose another --out")
+
+
 def guard_output_dir(
     out: Path,
     products: Iterable[str],
@@ -103,10 +110,7 @@ def guard_output_dir(
     Only the named products are ever deleted, never other files a user keeps in ``out``.
     ``resumable``: the command has ``--resume`` (the refusal suggests it only then).
     """
-    if overwrite and resume:
-        raise InputError("--overwrite and --resume exclude each other", hint="choose one")
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError("exists and is not a folder", path=out, hint="choose another --out")
+    _check_out_dir(out, overwrite, resume)
     existing = [out / p for p in products if (out / p).exists()]
     if not existing:
         return
@@ -200,10 +204,7 @@ def claim_output_dir(
     """
     products = list(products)
     out = Path(out)
-    if overwrite and resume:
-        raise InputError("--overwrite and --resume exclude each other", hint="choose one")
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError("exists and is not a folder", path=out, hint="choose another --out")
+    _check_out_dir(out, overwrite, resume)
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

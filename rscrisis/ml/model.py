@@ -191,11 +191,11 @@ class ModelMeta:
         try:
             checked = _MetaSchema.model_validate(raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "metadata"
+            from rscrisis.config import first_problem
+
+            where, message = first_problem(exc, "metadata")
             raise InputError(
-                f"has invalid rscrisis metadata: {where}: "
-                f"{first['msg'].removeprefix('Value error, ')}",
+                f"has invalid rscrisis metadata: {where}: {message}",
                 path=path,
                 hint="the file was edited or damaged; use the file rscrisis wrote, or another copy",
             ) from None
