@@ -27,8 +27,8 @@ class Split:
 def make_split(
     work: Path, resolution: float, size: int, pretrain_fraction: float = 0.45, seed: int = 0
 ) -> Split:
-    from rscrisis.config import TileConfig
-    from rscrisis.geo.label_noise import LabelNoise, write_noisy_labels
+    from rscrisis.config import NoiseConfig, TileConfig
+    from rscrisis.geo.label_noise import write_noisy_labels
     from rscrisis.geo.tiling import tile
     from rscrisis.io.tileset import read_index, write_subset
 
@@ -36,7 +36,7 @@ def make_split(
     osm = BANEPA / "train" / "buildings_osm.geojson"
     noisy = work / "osm_noisier.gpkg"
     if not noisy.exists():
-        write_noisy_labels(osm, noisy, LabelNoise(seed=seed), overwrite=True)
+        write_noisy_labels(osm, noisy, NoiseConfig(seed=seed), overwrite=True)
     cfg = TileConfig(size=size, resolution=resolution, min_valid=0.5)
     if not (work / "clean" / "index.gpkg").exists():
         tile([scene], work / "clean", labels=[osm], config=cfg, overwrite=True)

@@ -79,26 +79,29 @@ class SyntheticConfig(_Config):
     jpeg_quality: int = Field(88, ge=10, le=100, description="JPEG quality of the scene GeoTIFFs")
 
 
+class NoiseConfig(_Config):
+    """OpenStreetMap-like label noise: what ``rscrisis noise`` adds to footprints, and what
+    sample-data's area A labels carry (rscrisis.geo.label_noise)."""
+
+    drop: float = Field(0.15, ge=0, le=1, description="fraction of buildings removed")
+    global_shift_m: tuple[float, float] = Field(
+        (1.2, -0.9), description="offset shared by all outlines, x and y in metres"
+    )
+    jitter_m: float = Field(0.6, ge=0, description="std of an extra per-building offset (m)")
+    buffer_std_m: float = Field(0.35, ge=0, description="std of per-building erosion/dilation (m)")
+    simplify_m: float = Field(0.5, ge=0, description="Douglas-Peucker tolerance: cut corners (m)")
+    false_blobs: float = Field(
+        0.03, ge=0, le=1, description="false polygons added, as a fraction of the building count"
+    )
+    seed: int = Field(0, description="random seed; the same seed gives the same noise")
+
+
 def first_problem(exc, where: str) -> tuple[str, str]:
     """(dotted place, message) of a pydantic ValidationError's first error, ``where`` when it
     is the whole input: the one way options, model metadata and manifests name what is wrong."""
     first = exc.errors()[0]
     place = ".".join(str(p) for p in first["loc"]) or where
     return place, first["msg"].removeprefix("Value error, ")
-
-
-def resolve(config: type[_Config], **values) -> _Config:
-    """Build ``config`` from CLI values; a validation failure becomes a one-line InputError."""
-    from pydantic import ValidationError
-
-    from rscrisis.errors import InputError
-
-    try:
-        return config(**values)
-    except ValidationError as exc:
-        field, message = first_problem(exc, "options")
-        option = f"--{field.replace('_', '-')}" if exc.errors()[0]["loc"] else field
-        raise InputError(f"invalid {option}: {message}") from exc
 
 
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -136,12 +139,46 @@ def _edge_field(default: int):
     )
 
 
-class TrainConfig(_Config):
-    """How ``rscrisis train`` (and later pretrain / finetune) fits a model to tile sets."""
+class ComputeConfig(_Config):
+    """Where a command's torch work runs (every command that loads a model)."""
+
+    device: DeviceName = Field("auto", description="auto picks cuda when available")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
+
+
+class FittingConfig(ComputeConfig):
+    """What every training of a model shares: ``train``/``pretrain`` (epochs) and ``finetune``
+    (a budget of steps, and every round of ``simulate``)."""
+
+    batch_size: int = Field(8, ge=1, description="tiles per optimisation step")
+    iou_loss_weight: float = Field(
+        0.5, ge=0.0, description="weight of the predicted-IoU regression loss"
+    )
+    augment: bool = Field(True, description="flips, 90° rotations, brightness/contrast, scale")
+    freeze_encoder: bool = Field(False, description="train only decoder and heads")
+    freeze_stages: int = Field(0, ge=0, description="freeze the first N encoder stages (0: none)")
+    transfer: TransferName = Field(
+        "all",
+        description="what the starting model (train --init, finetune) passes on: all, encoder, "
+        "or encoder+decoder (encoder and the 2 deepest of 5 decoder blocks); the rest starts "
+        "fresh",
+    )
+    freeze_transferred: bool = Field(
+        False, description="freeze the transferred part (for all: all but the heads)"
+    )
+    freeze_norm: bool = Field(
+        False,
+        description="keep batch-norm statistics fixed (fine-tuning on few tiles: small "
+        "batches give noisy statistics)",
+    )
+    seed: int = Field(0, description="random seed (runs are deterministic on CPU)")
+
+
+class TrainConfig(FittingConfig):
+    """How ``rscrisis train`` and ``pretrain`` fit a model to tile sets, epoch by epoch."""
 
     encoder: str = Field("resnet18", description="encoder of the U-Net (see rscrisis models)")
     epochs: int = Field(30, ge=1, description="maximum number of epochs")
-    batch_size: int = Field(8, ge=1, description="tiles per optimisation step")
     lr: float = Field(
         1e-3, gt=0, description="peak learning rate of AdamW (warm-up, then cosine decay)"
     )
@@ -150,41 +187,18 @@ class TrainConfig(_Config):
         0.2, ge=0.0, lt=1.0, description="fraction of tiles held out, in spatial blocks"
     )
     block_tiles: int = Field(3, ge=1, description="side of the spatial validation blocks, in tiles")
-    iou_loss_weight: float = Field(
-        0.5, ge=0.0, description="weight of the predicted-IoU regression loss"
-    )
     threshold: float = Field(0.5, gt=0, lt=1, description="probability threshold for masks")
     patience: int = Field(
         8, ge=1, description="stop after this many epochs without validation improvement"
     )
-    seed: int = Field(0, description="random seed (runs are deterministic on CPU)")
-    device: DeviceName = Field("auto", description="auto picks cuda when available")
     precision: PrecisionName = Field(
         "auto", description="auto: bf16 autocast on CUDA when supported, fp32 on CPU"
     )
-    augment: bool = Field(True, description="flips, 90° rotations, brightness/contrast, scale")
-    freeze_encoder: bool = Field(False, description="train only decoder and heads")
-    freeze_stages: int = Field(0, ge=0, description="freeze the first N encoder stages (0: none)")
     max_tiles: int | None = Field(
         None, ge=1, description="use at most this many training tiles (random, seeded)"
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
     max_minutes: float | None = Field(
         None, gt=0, description="stop after the epoch that crosses this wall-clock budget"
-    )
-    transfer: TransferName = Field(
-        "all",
-        description="with --init: what the starting model passes on: all, encoder, or "
-        "encoder+decoder (encoder and the 2 deepest of 5 decoder blocks); the rest starts "
-        "fresh",
-    )
-    freeze_transferred: bool = Field(
-        False, description="with --init: freeze the transferred part (for all: all but heads)"
-    )
-    freeze_norm: bool = Field(
-        False,
-        description="keep batch-norm statistics fixed (fine-tuning on few tiles: small "
-        "batches give noisy statistics)",
     )
     loss: LossName = _loss_field("bce-dice")
     label_smoothing: float = _smoothing_field(0.0)
@@ -206,15 +220,13 @@ class PretrainConfig(TrainConfig):
     edge_ignore: int = _edge_field(2)
 
 
-class PredictConfig(_Config):
+class PredictConfig(ComputeConfig):
     """How ``rscrisis predict`` runs a model over a tile set."""
 
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
     mc_samples: int = Field(
         0, ge=0, description="MC-dropout samples for BALD and sample agreement (0: off)"
     )
-    device: DeviceName = Field("auto", description="auto picks cuda when available")
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
     tta: bool = Field(
         False,
         description="average the 8 flips/90° rotations (8x the compute; usually a few IoU "
@@ -226,7 +238,7 @@ class PredictConfig(_Config):
 ProbFormat = Literal["uint8", "float16"]
 
 
-class SceneConfig(_Config):
+class SceneConfig(ComputeConfig):
     """How ``rscrisis predict`` turns a whole scene into a building map."""
 
     window: int | None = Field(
@@ -271,7 +283,6 @@ class SceneConfig(_Config):
         description="average the 8 flips/90° rotations per window (8x the compute); their "
         "disagreement feeds the per-window uncertainty layer",
     )
-    device: DeviceName = Field("auto", description="auto picks cuda when available")
     precision: PrecisionName = Field(
         "auto",
         description="auto: bf16 autocast on CUDA GPUs and on CPUs with native bf16 "
@@ -281,7 +292,6 @@ class SceneConfig(_Config):
         True, description="channels-last memory format (faster oneDNN convolutions on CPU)"
     )
     prefetch: int = Field(2, ge=1, le=16, description="batches read ahead by the reader thread")
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
     max_output_gb: float = Field(
         100.0,
         gt=0,
@@ -344,7 +354,7 @@ class RankConfig(_Config):
     )
 
 
-class FinetuneConfig(_Config):
+class FinetuneConfig(FittingConfig):
     """How ``rscrisis finetune`` (and every round of ``simulate``) adapts a model to corrected
     tiles; see rscrisis.loop.finetune for the procedure and README for the measurements."""
 
@@ -354,7 +364,6 @@ class FinetuneConfig(_Config):
         description="optimisation steps; each draws a batch with replacement, so 5 tiles get "
         "as much optimisation as 50",
     )
-    batch_size: int = Field(8, ge=1, description="tiles per optimisation step")
     lr_scale: float = Field(
         0.3,
         gt=0,
@@ -367,17 +376,8 @@ class FinetuneConfig(_Config):
         description="keep an exponential moving average of the weights with this decay per "
         "step (0: the last step's weights)",
     )
-    freeze_encoder: bool = Field(False, description="train only decoder and heads")
     freeze_stages: int = Field(
         1, ge=0, description="freeze the first N encoder stages (low-level filters transfer)"
-    )
-    transfer: TransferName = Field(
-        "all",
-        description="what the starting model passes on: all, encoder, or encoder+decoder "
-        "(encoder and the 2 deepest of 5 decoder blocks); the rest starts fresh",
-    )
-    freeze_transferred: bool = Field(
-        False, description="freeze the transferred part (for all: all but the heads)"
     )
     freeze_norm: bool = Field(
         True,
@@ -417,20 +417,15 @@ class FinetuneConfig(_Config):
         "with buildings; otherwise every tile trains and the budget is fixed",
     )
     eval_every: int = Field(25, ge=1, description="steps between evaluations on a held-out slice")
-    iou_loss_weight: float = Field(0.5, ge=0.0, description="weight of the IoU-head loss")
-    augment: bool = Field(True, description="flips, 90° rotations, brightness/contrast, scale")
     calibrate: bool = Field(
         True,
         description="refit the IoU calibrator on the corrected tiles (rscrisis.ml.calibration)",
     )
-    seed: int = Field(0, description="random seed (runs are deterministic on CPU)")
-    device: DeviceName = Field("auto", description="auto picks cuda when available")
     precision: PrecisionName = Field(
         "auto",
         description="auto: bf16 autocast on CUDA GPUs and on CPUs with native bf16 "
         "(AVX512-BF16, AMX), fp32 elsewhere",
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
     repair: bool = Field(False, description="repair invalid corrected polygons instead of refusing")
 
 
@@ -441,7 +436,7 @@ AdaptMethod = Literal["adabn", "selftrain", "simsiam"]
 ADAPT_ORDER: tuple[str, ...] = ("simsiam", "adabn", "selftrain")
 
 
-class AdaptConfig(_Config):
+class AdaptConfig(ComputeConfig):
     """How ``rscrisis adapt`` adapts a model to a new area's unlabelled tiles; see
     rscrisis.ml.adaptation for the methods and README for the measurements behind the defaults."""
 
@@ -491,11 +486,9 @@ class AdaptConfig(_Config):
         "each step: they keep the decoder and heads anchored to real labels",
     )
     seed: int = Field(0, description="random seed (runs are deterministic on CPU)")
-    device: DeviceName = Field("auto", description="auto picks cuda when available")
     precision: PrecisionName = Field(
         "auto", description="auto: bf16 autocast where the hardware runs it natively"
     )
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all)")
 
     @model_validator(mode="after")
     def _methods_once(self) -> AdaptConfig:

@@ -146,7 +146,7 @@ def test_an_interrupt_is_one_line_and_exit_130(invoke, scene, tmp_path, monkeypa
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rscrisis.geo.tiling, "_tile_scene", interrupted)
+    monkeypatch.setattr(rscrisis.geo.tiling._SceneTiler, "run", interrupted)
     r = invoke("tile", scene, "--out", tmp_path / "t", "--size", "64")
     assert "--resume" in _one_error_line(r, 130)
 

@@ -7,37 +7,21 @@ from typing import Annotated
 
 import typer
 
-from rscrisis.cli.options import (
-    DeviceOpt,
-    JsonOutput,
-    ModelPath,
-    Overwrite,
-    Quiet,
-    Threads,
-    Tta,
-    Verbose,
-    default,
-    describe,
-)
+from rscrisis.cli.configured import Options, configured
+from rscrisis.cli.options import JsonOutput, ModelPath, Overwrite, Quiet, Verbose
 from rscrisis.config import PredictConfig
 
-P = PredictConfig
 
-
+@configured(PredictConfig, hide=("mc_samples", "seed"))
 def evaluate_command(
     ctx: typer.Context,
     model: ModelPath,
     tilesets: Annotated[list[Path], typer.Argument(help="Labelled tile set folders.")],
+    options: Options,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Write evaluation.json and per_tile.csv here."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help=describe(P, "batch_size"))] = default(
-        P, "batch_size"
-    ),
-    device: DeviceOpt = default(P, "device"),
-    threads: Threads = None,
-    tta: Tta = default(P, "tta"),
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
     verbose: Verbose = 0,
@@ -46,11 +30,10 @@ def evaluate_command(
     """Pixel IoU / F1 / precision / recall, object F1 at IoU >= 0.5, and predicted-IoU
     calibration (Spearman rho, MAE) on labelled tile sets."""
     from rscrisis.cli.console import print_json, progress_bar, stderr, verbosity
-    from rscrisis.config import resolve
     from rscrisis.predict.evaluate import evaluate
 
     level = verbosity(ctx, verbose, quiet)
-    config = resolve(PredictConfig, batch_size=batch_size, device=device, threads=threads, tta=tta)
+    config = options.resolve()
     with progress_bar("evaluating", enabled=level >= 0) as progress:
         result = evaluate(
             model, tilesets, out=out, config=config, overwrite=overwrite, progress=progress

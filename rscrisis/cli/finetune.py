@@ -7,31 +7,24 @@ from typing import Annotated
 
 import typer
 
-from rscrisis.cli.options import (
-    DeviceOpt,
-    JsonOutput,
-    ModelPath,
-    Overwrite,
-    Quiet,
-    Seed,
-    Threads,
-    Verbose,
-    choice_enum,
-    default,
-    describe,
+from rscrisis.cli.configured import Options, Spell, configured
+from rscrisis.cli.options import JsonOutput, ModelPath, Overwrite, Quiet, Verbose
+from rscrisis.config import FinetuneConfig
+
+
+@configured(
+    FinetuneConfig,
+    spell={
+        "freeze_norm": Spell(decls=("--freeze-norm/--train-norm",)),
+        "replay": Spell(more=" Repeat for several.", metavar="TILESET"),
+    },
 )
-from rscrisis.config import FinetuneConfig, PrecisionName, TransferName
-
-F = FinetuneConfig
-TransferChoice = choice_enum("TransferChoice", TransferName)
-PrecisionChoice = choice_enum("PrecisionChoice", PrecisionName)
-
-
 def finetune_command(
     ctx: typer.Context,
     model: ModelPath,
     batches: Annotated[list[Path], typer.Argument(help="Corrected batch folders (rscrisis rank).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="New model file (.safetensors).")],
+    options: Options,
     labels: Annotated[
         Path | None,
         typer.Option(
@@ -43,69 +36,6 @@ def finetune_command(
         str | None,
         typer.Option(help="The layer of --labels to read, when it has several polygon layers."),
     ] = None,
-    repair: Annotated[bool, typer.Option("--repair", help=describe(F, "repair"))] = default(
-        F, "repair"
-    ),
-    steps: Annotated[int, typer.Option(help=describe(F, "steps"))] = default(F, "steps"),
-    batch_size: Annotated[int, typer.Option(help=describe(F, "batch_size"))] = default(
-        F, "batch_size"
-    ),
-    lr_scale: Annotated[float, typer.Option(help=describe(F, "lr_scale"))] = default(F, "lr_scale"),
-    ema: Annotated[float, typer.Option(help=describe(F, "ema"))] = default(F, "ema"),
-    freeze_encoder: Annotated[
-        bool, typer.Option("--freeze-encoder", help=describe(F, "freeze_encoder"))
-    ] = default(F, "freeze_encoder"),
-    freeze_stages: Annotated[int, typer.Option(help=describe(F, "freeze_stages"))] = default(
-        F, "freeze_stages"
-    ),
-    transfer: Annotated[TransferChoice, typer.Option(help=describe(F, "transfer"))] = default(
-        F, "transfer"
-    ),
-    freeze_transferred: Annotated[
-        bool, typer.Option("--freeze-transferred", help=describe(F, "freeze_transferred"))
-    ] = default(F, "freeze_transferred"),
-    freeze_norm: Annotated[
-        bool, typer.Option("--freeze-norm/--train-norm", help=describe(F, "freeze_norm"))
-    ] = default(F, "freeze_norm"),
-    replay: Annotated[
-        list[Path] | None, typer.Option(help=describe(F, "replay") + " Repeat for several.")
-    ] = None,
-    replay_ratio: Annotated[float, typer.Option(help=describe(F, "replay_ratio"))] = default(
-        F, "replay_ratio"
-    ),
-    replay_pretraining: Annotated[
-        bool,
-        typer.Option(
-            "--replay-pretraining/--no-replay-pretraining", help=describe(F, "replay_pretraining")
-        ),
-    ] = default(F, "replay_pretraining"),
-    max_empty_share: Annotated[float, typer.Option(help=describe(F, "max_empty_share"))] = default(
-        F, "max_empty_share"
-    ),
-    val_fraction: Annotated[float, typer.Option(help=describe(F, "val_fraction"))] = default(
-        F, "val_fraction"
-    ),
-    min_val_tiles: Annotated[int, typer.Option(help=describe(F, "min_val_tiles"))] = default(
-        F, "min_val_tiles"
-    ),
-    eval_every: Annotated[int, typer.Option(help=describe(F, "eval_every"))] = default(
-        F, "eval_every"
-    ),
-    iou_loss_weight: Annotated[float, typer.Option(help=describe(F, "iou_loss_weight"))] = default(
-        F, "iou_loss_weight"
-    ),
-    augment: Annotated[
-        bool, typer.Option("--augment/--no-augment", help=describe(F, "augment"))
-    ] = default(F, "augment"),
-    calibrate: Annotated[
-        bool, typer.Option("--calibrate/--no-calibrate", help=describe(F, "calibrate"))
-    ] = default(F, "calibrate"),
-    device: DeviceOpt = default(F, "device"),
-    precision: Annotated[PrecisionChoice, typer.Option(help=describe(F, "precision"))] = default(
-        F, "precision"
-    ),
-    threads: Threads = None,
-    seed: Seed = default(F, "seed"),
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
     verbose: Verbose = 0,
@@ -116,37 +46,10 @@ def finetune_command(
     BATCH/labels/ as a tile set, and fine-tune MODEL on them with replay of earlier labels.
     The new model records the batches and tiles it learnt from."""
     from rscrisis.cli.console import print_json, progress_bar, say, verbosity
-    from rscrisis.config import resolve
     from rscrisis.loop.finetune import finetune
 
     level = verbosity(ctx, verbose, quiet)
-    config = resolve(
-        FinetuneConfig,
-        steps=steps,
-        batch_size=batch_size,
-        lr_scale=lr_scale,
-        ema=ema,
-        freeze_encoder=freeze_encoder,
-        freeze_stages=freeze_stages,
-        transfer=getattr(transfer, "value", transfer),
-        freeze_transferred=freeze_transferred,
-        freeze_norm=freeze_norm,
-        replay=tuple(str(r) for r in replay or ()),
-        replay_ratio=replay_ratio,
-        replay_pretraining=replay_pretraining,
-        max_empty_share=max_empty_share,
-        val_fraction=val_fraction,
-        min_val_tiles=min_val_tiles,
-        eval_every=eval_every,
-        iou_loss_weight=iou_loss_weight,
-        augment=augment,
-        calibrate=calibrate,
-        device=device,
-        precision=getattr(precision, "value", precision),
-        threads=threads,
-        seed=seed,
-        repair=repair,
-    )
+    config = options.resolve()
     with progress_bar("fine-tuning", enabled=level >= 0) as progress:
         result = finetune(
             model,

@@ -74,7 +74,7 @@ class RscrisisGroup(TyperGroup):
             sys.exit(EXIT_RUNTIME)
         sys.exit(rv if isinstance(rv, int) else 0)
 
-    def invoke(self, ctx: typer.Context):
+    def invoke(self, ctx):  # a click Context (typer.Context is its subclass)
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from rscrisis.cli.options import JsonOutput, ModelPath, Quiet, Verbose
@@ -36,7 +38,7 @@ def models_command(
     from rscrisis.ml.model import DEFAULT_ENCODER, ENCODERS, BuildingSegmenter, count_parameters
 
     verbosity(ctx, verbose, quiet)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, note in ENCODERS.items():
         net = BuildingSegmenter(name, 3)
         rows.append(

@@ -7,34 +7,25 @@ from typing import Annotated
 
 import typer
 
-from rscrisis.cli.options import JsonOutput, Overwrite, Quiet, Seed, Verbose
-from rscrisis.geo.label_noise import LabelNoise
+from rscrisis.cli.configured import Options, Spell, configured
+from rscrisis.cli.options import JsonOutput, Overwrite, Quiet, Verbose
+from rscrisis.config import NoiseConfig
 
-N = LabelNoise
 
-
+@configured(
+    NoiseConfig,
+    spell={
+        "global_shift_m": Spell(decls=("--shift",)),
+        "jitter_m": Spell(decls=("--jitter",)),
+        "buffer_std_m": Spell(decls=("--buffer-std",)),
+        "simplify_m": Spell(decls=("--simplify",)),
+    },
+)
 def noise_command(
     ctx: typer.Context,
     labels: Annotated[Path, typer.Argument(help="Building footprints (any OGR format and CRS).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Noisy copy to write (.gpkg, ...).")],
-    drop: Annotated[float, typer.Option(help="Fraction of buildings removed.")] = N.drop,
-    shift: Annotated[
-        tuple[float, float],
-        typer.Option(help="Offset shared by all outlines, x and y in metres."),
-    ] = N.global_shift_m,
-    jitter: Annotated[
-        float, typer.Option(help="Std of an extra per-building offset (m).")
-    ] = N.jitter_m,
-    buffer_std: Annotated[
-        float, typer.Option(help="Std of per-building erosion/dilation (m).")
-    ] = N.buffer_std_m,
-    simplify: Annotated[
-        float, typer.Option(help="Douglas-Peucker tolerance: cut corners (m).")
-    ] = N.simplify_m,
-    false_blobs: Annotated[
-        float, typer.Option(help="False polygons added, as a fraction of the building count.")
-    ] = N.false_blobs,
-    seed: Seed = N.seed,
+    options: Options,
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
     verbose: Verbose = 0,
@@ -47,11 +38,7 @@ def noise_command(
     from rscrisis.geo.label_noise import write_noisy_labels
 
     level = verbosity(ctx, verbose, quiet)
-    for name, value in (("drop", drop), ("false-blobs", false_blobs)):
-        if not 0 <= value <= 1:
-            raise typer.BadParameter(f"must be between 0 and 1, got {value}", param_hint=name)
-    noise = LabelNoise(drop, tuple(shift), jitter, buffer_std, simplify, false_blobs, seed)
-    summary = write_noisy_labels(labels, out, noise, overwrite=overwrite)
+    summary = write_noisy_labels(labels, out, options.resolve(), overwrite=overwrite)
     if json_output:
         print_json(summary)
     say(f"{out}: {summary['polygons_out']} noisy polygons from {summary['buildings_in']}", level)

@@ -7,23 +7,16 @@ from typing import Annotated
 
 import typer
 
-from rscrisis.cli.options import JsonOutput, Overwrite, Quiet, Verbose, default, describe
+from rscrisis.cli.configured import Options, configured
+from rscrisis.cli.options import JsonOutput, Overwrite, Quiet, Verbose
 from rscrisis.config import SyntheticConfig
 
-S = SyntheticConfig
 
-
+@configured(SyntheticConfig)
 def sample_data_command(
     ctx: typer.Context,
+    options: Options,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("sample_data"),
-    seed: Annotated[int, typer.Option(help=describe(S, "seed"))] = default(S, "seed"),
-    size_a: Annotated[int, typer.Option(help=describe(S, "size_a"))] = default(S, "size_a"),
-    size_b: Annotated[int, typer.Option(help=describe(S, "size_b"))] = default(S, "size_b"),
-    gsd: Annotated[float, typer.Option(help=describe(S, "gsd"))] = default(S, "gsd"),
-    epsg: Annotated[int, typer.Option(help=describe(S, "epsg"))] = default(S, "epsg"),
-    jpeg_quality: Annotated[int, typer.Option(help=describe(S, "jpeg_quality"))] = default(
-        S, "jpeg_quality"
-    ),
     overwrite: Overwrite = False,
     json_output: JsonOutput = False,
     verbose: Verbose = 0,
@@ -35,19 +28,10 @@ def sample_data_command(
     "new crisis area": scene with a nodata collar, truth). Seeded: same seed, same files.
     """
     from rscrisis.cli.console import print_json, say, verbosity
-    from rscrisis.config import resolve
     from rscrisis.synth.scenes import generate_sample_data
 
     level = verbosity(ctx, verbose, quiet)
-    config = resolve(
-        SyntheticConfig,
-        seed=seed,
-        size_a=size_a,
-        size_b=size_b,
-        gsd=gsd,
-        epsg=epsg,
-        jpeg_quality=jpeg_quality,
-    )
+    config = options.resolve()
     summary = generate_sample_data(out, config, overwrite=overwrite)
     if json_output:
         print_json(summary)

@@ -7,29 +7,12 @@ from typing import Annotated
 
 import typer
 
-from rscrisis.cli.options import (
-    DeviceOpt,
-    JsonOutput,
-    Overwrite,
-    Quiet,
-    Resume,
-    Seed,
-    Threads,
-    TileSets,
-    Verbose,
-    choice_enum,
-    default,
-    describe,
-    with_config_defaults,
-)
-from rscrisis.config import LossName, PretrainConfig, TrainConfig, TransferName
-
-T = TrainConfig
-LossChoice = choice_enum("LossChoice", LossName)
-TransferChoice = choice_enum("TransferChoice", TransferName)
+from rscrisis.cli.configured import Options, configured
+from rscrisis.cli.options import JsonOutput, Overwrite, Quiet, Resume, TileSets, Verbose
+from rscrisis.config import PretrainConfig, TrainConfig
 
 
-def train_command(
+def _train(
     ctx: typer.Context,
     tilesets: TileSets,
     out: Annotated[
@@ -40,68 +23,11 @@ def train_command(
             help="Model file to write (.safetensors); history and config are written beside it.",
         ),
     ],
-    encoder: Annotated[str, typer.Option(help=describe(T, "encoder"))] = default(T, "encoder"),
-    epochs: Annotated[int, typer.Option(help=describe(T, "epochs"))] = default(T, "epochs"),
-    batch_size: Annotated[int, typer.Option(help=describe(T, "batch_size"))] = default(
-        T, "batch_size"
-    ),
-    lr: Annotated[float, typer.Option(help=describe(T, "lr"))] = default(T, "lr"),
-    weight_decay: Annotated[float, typer.Option(help=describe(T, "weight_decay"))] = default(
-        T, "weight_decay"
-    ),
-    val_fraction: Annotated[float, typer.Option(help=describe(T, "val_fraction"))] = default(
-        T, "val_fraction"
-    ),
-    block_tiles: Annotated[int, typer.Option(help=describe(T, "block_tiles"))] = default(
-        T, "block_tiles"
-    ),
-    iou_loss_weight: Annotated[float, typer.Option(help=describe(T, "iou_loss_weight"))] = default(
-        T, "iou_loss_weight"
-    ),
-    threshold: Annotated[float, typer.Option(help=describe(T, "threshold"))] = default(
-        T, "threshold"
-    ),
-    patience: Annotated[int, typer.Option(help=describe(T, "patience"))] = default(T, "patience"),
-    augment: Annotated[
-        bool, typer.Option("--augment/--no-augment", help=describe(T, "augment"))
-    ] = default(T, "augment"),
+    options: Options,
     init: Annotated[
         Path | None,
         typer.Option(help="Start from this model (its encoder and normalisation are kept)."),
     ] = None,
-    freeze_encoder: Annotated[
-        bool, typer.Option("--freeze-encoder", help=describe(T, "freeze_encoder"))
-    ] = default(T, "freeze_encoder"),
-    freeze_stages: Annotated[int, typer.Option(help=describe(T, "freeze_stages"))] = default(
-        T, "freeze_stages"
-    ),
-    transfer: Annotated[TransferChoice, typer.Option(help=describe(T, "transfer"))] = default(
-        T, "transfer"
-    ),
-    freeze_transferred: Annotated[
-        bool, typer.Option("--freeze-transferred", help=describe(T, "freeze_transferred"))
-    ] = default(T, "freeze_transferred"),
-    freeze_norm: Annotated[
-        bool, typer.Option("--freeze-norm", help=describe(T, "freeze_norm"))
-    ] = default(T, "freeze_norm"),
-    max_tiles: Annotated[int | None, typer.Option(help=describe(T, "max_tiles"))] = None,
-    max_minutes: Annotated[float | None, typer.Option(help=describe(T, "max_minutes"))] = None,
-    precision: Annotated[str, typer.Option(help=describe(T, "precision"))] = default(
-        T, "precision"
-    ),
-    loss: Annotated[LossChoice, typer.Option(help=describe(T, "loss"))] = default(T, "loss"),
-    label_smoothing: Annotated[float, typer.Option(help=describe(T, "label_smoothing"))] = default(
-        T, "label_smoothing"
-    ),
-    confidence_weighting: Annotated[
-        float, typer.Option(help=describe(T, "confidence_weighting"))
-    ] = default(T, "confidence_weighting"),
-    edge_ignore: Annotated[int, typer.Option(help=describe(T, "edge_ignore"))] = default(
-        T, "edge_ignore"
-    ),
-    device: DeviceOpt = default(T, "device"),
-    threads: Threads = None,
-    seed: Seed = default(T, "seed"),
     overwrite: Overwrite = False,
     resume: Resume = False,
     json_output: JsonOutput = False,
@@ -114,39 +40,10 @@ def train_command(
     (validation pixel IoU) is kept. Beside MODEL: MODEL.history.csv and MODEL.train.json.
     """
     from rscrisis.cli.console import print_json, progress_bar, say, verbosity
-    from rscrisis.config import resolve
     from rscrisis.ml.training import train
 
     level = verbosity(ctx, verbose, quiet)
-    config = resolve(
-        TrainConfig,
-        encoder=encoder,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        val_fraction=val_fraction,
-        block_tiles=block_tiles,
-        iou_loss_weight=iou_loss_weight,
-        threshold=threshold,
-        patience=patience,
-        augment=augment,
-        freeze_encoder=freeze_encoder,
-        freeze_stages=freeze_stages,
-        transfer=getattr(transfer, "value", transfer),
-        freeze_transferred=freeze_transferred,
-        freeze_norm=freeze_norm,
-        max_tiles=max_tiles,
-        max_minutes=max_minutes,
-        precision=precision,
-        loss=getattr(loss, "value", loss),
-        label_smoothing=label_smoothing,
-        confidence_weighting=confidence_weighting,
-        edge_ignore=edge_ignore,
-        device=device,
-        threads=threads,
-        seed=seed,
-    )
+    config = options.resolve()
     with progress_bar("training", enabled=level >= 0) as progress:
         result = train(
             tilesets,
@@ -168,10 +65,10 @@ def train_command(
     )
 
 
-pretrain_command = with_config_defaults(
-    train_command,
+train_command = configured(TrainConfig)(_train)
+pretrain_command = configured(
     PretrainConfig,
-    """Pretrain on noisy labels (e.g. OSM footprints), with noise-robust defaults.
+    doc="""Pretrain on noisy labels (e.g. OSM footprints), with noise-robust defaults.
 
     The same training as rscrisis train, but by default: symmetric cross-entropy (bounded
     reverse term), label smoothing 0.1, confidence weighting 0.8 (pixels where the model
@@ -179,4 +76,4 @@ pretrain_command = with_config_defaults(
     band around label outlines (OSM outlines are offset). Fine-tune the result with
     rscrisis finetune, or train --init.
     """,
-)
+)(_train)

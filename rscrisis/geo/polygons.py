@@ -29,6 +29,8 @@ import shapely.affinity
 from affine import Affine
 from shapely.geometry import Polygon, shape
 
+from rscrisis.config import SceneConfig
+
 
 @dataclass
 class Piece:
@@ -180,14 +182,18 @@ def _union(pieces: list[Piece]) -> Piece:
     return Piece(geom, sum(p.pixels for p in pieces), sum(p.prob_sum for p in pieces))
 
 
+_SCENE = SceneConfig.model_fields
+
+
 @dataclass(frozen=True)
 class OutlineOptions:
     """How building pieces become map polygons (tolerances in metres)."""
 
-    min_area: float = 2.0
-    simplify: float = 0.3
-    regularize: bool = False
-    max_area: float = 100_000.0
+    # the defaults are the scene config's (one place): rscrisis.config.SceneConfig
+    min_area: float = _SCENE["min_area"].default
+    simplify: float = _SCENE["simplify"].default
+    regularize: bool = _SCENE["regularize"].default
+    max_area: float = _SCENE["max_area"].default
 
 
 class BuildingShaper:
@@ -393,6 +399,7 @@ class BuildingLayer:
         if self._json is not None:
             self._json.write("\n]\n}\n")
             self._json.close()
+            assert self.tmp_geojson is not None and self.geojson is not None
             os.replace(self.tmp_geojson, self.geojson)
         return self.count
 

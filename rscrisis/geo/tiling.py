@@ -380,109 +380,135 @@ class _BoundedPool:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _tile_scene(
-    plan: ScenePlan,
-    layout: TileSetLayout,
-    labels: Labels | None,
-    config: TileConfig,
-    resume: bool,
-    result: TileResult,
-    records: list[dict],
-    progress: Progress,
-    done_before: int,
-    total: int,
-) -> int:
-    info = plan.info
-    fill = info.nodata if info.nodata is not None else 0
-    itemsize = np.dtype(info.dtype).itemsize
-    tile_bytes = config.size * config.stride * info.band_count * itemsize
-    per_chunk = max(1, CHUNK_BYTES // tile_bytes)
-    gdf = labels.in_crs(info.crs) if labels is not None else None
-    geoms = gdf.geometry.values if gdf is not None else None
-    sindex = gdf.sindex if gdf is not None else None
-    done = done_before
-    # Queue up to ~two chunks of tiles so writers keep busy while the next chunk is read;
-    # bounded by bytes, so memory stays flat whatever the scene size.
-    queue_limit = max(2 * config.workers + 2, min(2 * per_chunk, QUEUE_BYTES // tile_bytes))
-    pool = _BoundedPool(config.workers, limit=queue_limit)
-    try:
-        with open_grid(info, plan.grid) as ds:
-            for row in plan.rows():
-                for start in range(0, len(row), per_chunk):
-                    chunk = row[start : start + per_chunk]
-                    complete = [
-                        resume
-                        and layout.image_path(t.tile_id).exists()
-                        and (labels is None or layout.mask_path(t.tile_id).exists())
-                        for t in chunk
-                    ]
-                    data = valid = burnt = None
+class _SceneTiler:
+    """Cuts one scene's tiles in chunks of a row: read the chunk's pixels once
+    (:meth:`read_chunk`), then cut, check and queue each tile for the writer threads
+    (:meth:`cut`). The queue is bounded by bytes, so memory stays flat whatever the scene."""
+
+    def __init__(
+        self,
+        plan: ScenePlan,
+        layout: TileSetLayout,
+        labels: Labels | None,
+        config: TileConfig,
+        result: TileResult,
+        records: list[dict],
+    ):
+        self.plan, self.layout, self.labels, self.config = plan, layout, labels, config
+        self.result, self.records = result, records
+        info = plan.info
+        self.fill = info.nodata if info.nodata is not None else 0
+        itemsize = np.dtype(info.dtype).itemsize
+        self.tile_bytes = config.size * config.stride * info.band_count * itemsize
+        self.per_chunk = max(1, CHUNK_BYTES // self.tile_bytes)
+        gdf = labels.in_crs(info.crs) if labels is not None else None
+        self.geoms = gdf.geometry.values if gdf is not None else None
+        self.sindex = gdf.sindex if gdf is not None else None
+
+    def chunks(self):
+        """Runs of up to ``per_chunk`` neighbouring tiles of one row, read as one window."""
+        for row in self.plan.rows():
+            for start in range(0, len(row), self.per_chunk):
+                yield row[start : start + self.per_chunk]
+
+    def keep(self, spec) -> None:
+        """A tile a resumed run found complete: recorded from its files, not rewritten."""
+        vf, bf = _stats_from_files(self.layout, spec, self.labels is not None)
+        self.records.append(_tile_record(self.plan, spec, vf, bf, self.layout))
+        self.result.resumed += 1
+
+    def is_complete(self, spec, resume: bool) -> bool:
+        """A tile a resumed run keeps: its image (and mask, with labels) are on disk."""
+        return (
+            resume
+            and self.layout.image_path(spec.tile_id).exists()
+            and (self.labels is None or self.layout.mask_path(spec.tile_id).exists())
+        )
+
+    def read_chunk(self, ds, chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(pixels, valid, burnt labels or None) of the window spanning ``chunk``'s tiles."""
+        config, info = self.config, self.plan.info
+        c0, r0 = int(chunk[0].window.col_off), int(chunk[0].window.row_off)
+        cwin = Window(c0, r0, int(chunk[-1].window.col_off) + config.size - c0, config.size)
+        data, valid = read_padded(ds, info.bands, cwin, fill=self.fill)
+        if info.nodata is not None:
+            data[:, ~valid] = info.nodata
+        if self.geoms is None or self.sindex is None:
+            return data, valid, None
+        ctrans = window_transform(cwin, self.plan.grid.transform)
+        area = footprint(ctrans, int(cwin.width), int(cwin.height))
+        hits = self.sindex.query(area, predicate="intersects")
+        burnt = np.zeros((int(cwin.height), int(cwin.width)), np.uint8)
+        if len(hits):
+            burnt = rasterize(
+                ((g, MASK_BUILDING) for g in self.geoms[hits]),
+                out_shape=burnt.shape,
+                transform=ctrans,
+                fill=0,
+                dtype="uint8",
+                all_touched=config.all_touched,
+            )
+        return data, valid, burnt
+
+    def cut(self, pool, spec, c0: int, data, valid, burnt) -> None:
+        """One tile out of its chunk: skipped when mostly nodata, else queued for writing."""
+        config, info = self.config, self.plan.info
+        x = int(spec.window.col_off) - c0
+        cols = slice(x, x + config.size)
+        tvalid = valid[:, cols]
+        n_valid = int(np.count_nonzero(tvalid))
+        vf = n_valid / tvalid.size
+        if vf == 0.0 or vf < config.min_valid:
+            self.result.skipped_low_valid += 1
+            return
+        timage = data[:, :, cols]  # a view: writer threads copy it
+        tmask = None
+        bf = None
+        if burnt is not None:
+            tmask = burnt[:, cols].copy()
+            tmask[~tvalid] = MASK_IGNORE
+            bf = int(np.count_nonzero(tmask == MASK_BUILDING)) / n_valid
+        pool.submit(
+            _write_tile,
+            self.layout,
+            spec,
+            timage,
+            None if n_valid == tvalid.size else tvalid.copy(),
+            tmask,
+            _image_profile(info, config, spec.transform),
+            _mask_profile(info, config, spec.transform),
+        )
+        self.records.append(_tile_record(self.plan, spec, vf, bf, self.layout))
+        self.result.written += 1
+        self.result.megapixels += config.size * config.size / 1e6
+
+    def run(self, resume: bool, progress: Progress, done: int, total: int) -> int:
+        """Tile the scene; the running count of tiles handled (for ``progress``)."""
+        config, name = self.config, self.plan.info.name
+        # Queue up to ~two chunks of tiles so writers keep busy while the next chunk is read
+        queue_limit = max(
+            2 * config.workers + 2, min(2 * self.per_chunk, QUEUE_BYTES // self.tile_bytes)
+        )
+        pool = _BoundedPool(config.workers, limit=queue_limit)
+        try:
+            with open_grid(self.plan.info, self.plan.grid) as ds:
+                for chunk in self.chunks():
+                    complete = [self.is_complete(t, resume) for t in chunk]
+                    pixels = None if all(complete) else self.read_chunk(ds, chunk)
                     c0 = int(chunk[0].window.col_off)
-                    r0 = int(chunk[0].window.row_off)
-                    if not all(complete):
-                        cwin = Window(
-                            c0, r0, int(chunk[-1].window.col_off) + config.size - c0, config.size
-                        )
-                        data, valid = read_padded(ds, info.bands, cwin, fill=fill)
-                        if info.nodata is not None:
-                            data[:, ~valid] = info.nodata
-                        if geoms is not None:
-                            ctrans = window_transform(cwin, plan.grid.transform)
-                            area = footprint(ctrans, int(cwin.width), int(cwin.height))
-                            hits = sindex.query(area, predicate="intersects")
-                            burnt = np.zeros((int(cwin.height), int(cwin.width)), np.uint8)
-                            if len(hits):
-                                burnt = rasterize(
-                                    ((g, MASK_BUILDING) for g in geoms[hits]),
-                                    out_shape=burnt.shape,
-                                    transform=ctrans,
-                                    fill=0,
-                                    dtype="uint8",
-                                    all_touched=config.all_touched,
-                                )
                     for spec, is_complete in zip(chunk, complete, strict=True):
                         done += 1
                         if is_complete:
-                            vf, bf = _stats_from_files(layout, spec, labels is not None)
-                            records.append(_tile_record(plan, spec, vf, bf, layout))
-                            result.resumed += 1
-                            progress(done, total, info.name)
-                            continue
-                        x = int(spec.window.col_off) - c0
-                        cols = slice(x, x + config.size)
-                        tvalid = valid[:, cols]
-                        n_valid = int(np.count_nonzero(tvalid))
-                        vf = n_valid / tvalid.size
-                        if vf == 0.0 or vf < config.min_valid:
-                            result.skipped_low_valid += 1
-                            progress(done, total, info.name)
-                            continue
-                        timage = data[:, :, cols]  # a view: writer threads copy it
-                        tmask = None
-                        bf = None
-                        if burnt is not None:
-                            tmask = burnt[:, cols].copy()
-                            tmask[~tvalid] = MASK_IGNORE
-                            bf = int(np.count_nonzero(tmask == MASK_BUILDING)) / n_valid
-                        pool.submit(
-                            _write_tile,
-                            layout,
-                            spec,
-                            timage,
-                            None if n_valid == tvalid.size else tvalid.copy(),
-                            tmask,
-                            _image_profile(info, config, spec.transform),
-                            _mask_profile(info, config, spec.transform),
-                        )
-                        records.append(_tile_record(plan, spec, vf, bf, layout))
-                        result.written += 1
-                        result.megapixels += config.size * config.size / 1e6
-                        progress(done, total, info.name)
-    except BaseException:
-        pool.abandon()
-        raise
-    pool.drain()
-    return done
+                            self.keep(spec)
+                        else:
+                            assert pixels is not None
+                            self.cut(pool, spec, c0, *pixels)
+                        progress(done, total, name)
+        except BaseException:
+            pool.abandon()
+            raise
+        pool.drain()
+        return done
 
 
 def _write_index(layout: TileSetLayout, records: list[dict], plans: Sequence[ScenePlan]) -> None:
@@ -627,18 +653,8 @@ def tile(
         try:
             with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
                 for plan in plans:
-                    done = _tile_scene(
-                        plan,
-                        layout,
-                        label_set,
-                        config,
-                        resume,
-                        result,
-                        records,
-                        progress,
-                        done,
-                        total,
-                    )
+                    tiler = _SceneTiler(plan, layout, label_set, config, result, records)
+                    done = tiler.run(resume, progress, done, total)
                     result.scenes.append(
                         {"name": plan.info.name, "tiles": plan.n_tiles, "grid": list(plan.shape)}
                     )

@@ -149,7 +149,7 @@ class BatchLayout:
                     path=self.status,
                     hint="mark each task todo, done or skipped",
                 )
-            tile, task = row.get("tile_id"), row.get("task")
+            tile, task = row.get("tile_id") or "", row.get("task") or ""
             check_names([tile], "tile id", self.status)
             check_names([task], "task name", self.status)
             try:

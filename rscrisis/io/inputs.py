@@ -43,7 +43,7 @@ def _read_text(path: Path, hint: str) -> str:
         raise InputError(f"cannot be read ({exc.strerror})", path=path, hint=hint) from None
 
 
-def read_json(path: Path, *, hint: str, schema: type | None = None) -> dict[str, Any]:
+def read_json(path: Path, *, hint: str, schema: type[BaseModel] | None = None) -> dict[str, Any]:
     """A JSON object from ``path``; anything else (not JSON, a list, too deep) is refused.
 
     ``schema``, a pydantic model, checks the fields readers act on (unknown keys are kept):

@@ -56,7 +56,7 @@ def _percent(points_px, width: int, height: int) -> list[list[float]]:
 
 def task_results(task: str, polygons_px, probs, width: int, height: int) -> list[dict]:
     """Label Studio results for polygons in pixel coordinates (holes as courtyards)."""
-    results = []
+    results: list[dict] = []
 
     def add(ring, label: str, score: float | None) -> None:
         item = {
@@ -111,7 +111,7 @@ def is_export(path: Path) -> bool:
 
 
 def _task_name(item: dict) -> str | None:
-    data = item.get("data") if isinstance(item.get("data"), dict) else item
+    data = item["data"] if isinstance(item.get("data"), dict) else item
     name = data.get("task")
     if isinstance(name, str):
         return name

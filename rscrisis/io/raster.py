@@ -103,7 +103,7 @@ def expand_raster_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 @contextlib.contextmanager
-def open_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
+def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
     """``rasterio.open`` with read failures turned into a one-line :class:`RasterReadError`."""
     try:
         with warnings.catch_warnings():
@@ -124,7 +124,7 @@ def open_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
 
 
 @contextlib.contextmanager
-def read_raster(path: Path) -> Iterator[rasterio.io.DatasetReader]:
+def read_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
     """:func:`open_raster` for a block that only reads: a read failure inside it (a truncated or
     replaced file) is a one-line :class:`RasterReadError` too. Not for blocks that also write,
     whose failures are the disk's, not the input's."""
@@ -159,6 +159,7 @@ def crs_units_per_metre(crs: CRS, x: float, y: float) -> tuple[float, float]:
     pcrs = pyproj.CRS.from_user_input(crs.to_wkt())
     if crs.is_geographic:
         geod = pcrs.get_geod()
+        assert geod is not None  # a geographic CRS has an ellipsoid
         step = 1e-4
         _, _, mx = geod.inv(x, y, x + step, y)
         _, _, my = geod.inv(x, y, x, y + step)

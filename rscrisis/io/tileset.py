@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from affine import Affine
 from shapely.geometry import Polygon
 
 from rscrisis.errors import InputError
+
+if TYPE_CHECKING:  # geopandas stays off the import path until it is used
+    import geopandas as gpd
 
 IMAGES = "images"
 MASKS = "masks"
@@ -97,7 +101,7 @@ def read_manifest(root: Path) -> dict:
     )
 
 
-def read_index(root: Path):
+def read_index(root: Path) -> gpd.GeoDataFrame:
     """Open a tile set's index as a GeoDataFrame, with a clear error if it is not a tile set."""
     layout = TileSetLayout(Path(root))
     if not layout.index.exists():

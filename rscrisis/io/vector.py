@@ -166,7 +166,9 @@ def read_osm(path: Path) -> gpd.GeoDataFrame:
         lines = [g for g in (line(w) for w in way_ids if w in ways) if g is not None]
         return shapely.polygonize(list(shapely.get_parts(linemerge(lines)))) if lines else None
 
-    geoms, kinds, used = [], [], set()
+    geoms: list = []
+    kinds: list[str | None] = []
+    used: set = set()
     for members, tags in relations:
         used.update(ref for _, ref, _ in members)
         if tags.get("type") != "multipolygon" or not is_building(tags):
@@ -208,7 +210,9 @@ def write_osm(path: Path, polygons, tags: dict[str, str] | None = None) -> None:
     tags = {"building": "yes", **(tags or {})}
     tag_xml = "".join(f"    <tag k={quoteattr(k)} v={quoteattr(v)} />\n" for k, v in tags.items())
     counter = iter(range(-1, -(2**62), -1))
-    nodes, ways, relations = [], [], []
+    nodes: list = []
+    ways: list = []
+    relations: list = []
 
     def way(ring, with_tags: bool) -> int:
         coords = list(ring.coords)[:-1]

@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,6 +48,9 @@ from rscrisis.io.vector import read_osm, write_osm
 from rscrisis.loop.ranking import REQUIRED, Spacing, priority, select
 from rscrisis.progress import Progress, no_progress
 
+if TYPE_CHECKING:  # geopandas stays off the import path until it is used
+    import geopandas as gpd
+
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +73,7 @@ class RankResult:
 @dataclass
 class PredictionSet:
     root: Path
-    scores: object  # GeoDataFrame
+    scores: gpd.GeoDataFrame
     embeddings: np.ndarray
     manifest: dict
 

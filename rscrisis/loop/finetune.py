@@ -33,6 +33,7 @@ next ``rank`` leaves those tiles out and the loop can run round after round from
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,12 @@ import numpy as np
 from rscrisis import __version__
 from rscrisis.config import FinetuneConfig
 from rscrisis.io.batch import BatchLayout
-from rscrisis.ml.data import present_pretraining_tilesets, pretraining_tilesets, replay_dataset
+from rscrisis.ml.data import (
+    present_pretraining_tilesets,
+    pretraining_tilesets,
+    replay_dataset,
+    spatial_split,
+)
 from rscrisis.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -89,6 +95,59 @@ def measure_samples(model_path: Path, tilesets: list[Path], threads: int | None)
     return [{k: r[k] for k in keys} for r in ev.per_tile]
 
 
+def held_out_slice(
+    frame, has_buildings: np.ndarray, config: FinetuneConfig
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train, held-out, what the check is on): a spatial slice is held out only when it can be
+    trusted, with at least ``min_val_tiles`` tiles, two of them with buildings (module
+    docstring); otherwise every tile trains and the check is on the training tiles."""
+    if config.val_fraction > 0 and len(frame) > 1:
+        t_idx, v_idx, _ = spatial_split(frame, config.val_fraction, 1, config.seed)
+        if len(v_idx) >= config.min_val_tiles and has_buildings[v_idx].sum() >= 2:
+            return t_idx, v_idx, "held-out slice"
+    return (
+        np.arange(len(frame)),
+        np.array([], int),
+        f"the labelled tiles themselves (training data: a held-out slice needs at least "
+        f"{config.min_val_tiles} tiles, two with buildings)",
+    )
+
+
+def _warning(
+    chosen: str,
+    trusted: bool,
+    val_tiles: int,
+    check_on: str,
+    before: float | None,
+    after: float | None,
+    has_buildings: np.ndarray,
+    new_tiles: int,
+) -> str | None:
+    """What a user must hear about a round: the start was kept, the model got worse where it
+    was checked, or no new tile held a building (logged as a warning too)."""
+    warning = None
+    if trusted and chosen == "start":
+        warning = (
+            f"fine-tuning did not beat the starting model on the held-out slice "
+            f"({val_tiles} tiles, IoU {before:.3f}): the starting weights were kept"
+        )
+    elif before is not None and after is not None and not after > before:
+        warning = (
+            f"the new model is not better on {check_on} (IoU {before:.3f} -> {after:.3f}): "
+            "check the corrections"
+        )
+    if not has_buildings.any():
+        empty_note = (
+            f"none of the {new_tiles} new tiles holds a building: the model can only "
+            "learn what is not a building here (replay keeps what it knew); label tiles with "
+            "buildings next"
+        )
+        warning = f"{warning}; {empty_note}" if warning else empty_note
+    if warning:
+        log.warning(warning)
+    return warning
+
+
 def finetune_tilesets(
     model_path: str | Path,
     new_sets: list[Path],
@@ -96,7 +155,7 @@ def finetune_tilesets(
     *,
     config: FinetuneConfig,
     samples: list[dict] | None = None,
-    extra_replay: list[Path] = (),
+    extra_replay: Sequence[Path] = (),
     extra_training_meta: dict | None = None,
     overwrite: bool = False,
     progress: Progress = no_progress,
@@ -111,7 +170,7 @@ def finetune_tilesets(
 
     from rscrisis.io.outputs import write_json_atomic
     from rscrisis.ml.calibration import fit, merge_samples
-    from rscrisis.ml.data import TileDataset, augmentation, load_tiles, spatial_split
+    from rscrisis.ml.data import TileDataset, augmentation, load_tiles
     from rscrisis.ml.device import resolve_device, seed_everything
     from rscrisis.ml.model import check_bands, check_model_out, load_model, save_model
     from rscrisis.ml.training import StepPlan, _freeze, _transfer, fit_steps, sidecar, training_lr
@@ -134,22 +193,9 @@ def finetune_tilesets(
             has.setdefault(s["tile_id"], bool(s["has_buildings"]))
     has_buildings = np.array([has[t] for t in frame.tile_id])
 
-    # the held-out slice, only when it can be trusted (module docstring)
-    train_idx, val_idx = np.arange(len(frame)), np.array([], int)
-    if config.val_fraction > 0 and len(frame) > 1:
-        t_idx, v_idx, _ = spatial_split(frame, config.val_fraction, 1, config.seed)
-        if len(v_idx) >= config.min_val_tiles and has_buildings[v_idx].sum() >= 2:
-            train_idx, val_idx = t_idx, v_idx
+    train_idx, val_idx, check_on = held_out_slice(frame, has_buildings, config)
     trusted = len(val_idx) > 0
-    if trusted:
-        check_idx, check_on = val_idx, "held-out slice"
-    else:
-        check_idx = train_idx
-        check_on = (
-            f"the labelled tiles themselves (training data: a held-out slice needs at least "
-            f"{config.min_val_tiles} tiles, two with buildings)"
-        )
-
+    check_idx = val_idx if trusted else train_idx
     replay_sources = _replay_sources(meta, config, list(extra_replay))
     replay_ds = None
     if config.replay_ratio > 0:
@@ -202,27 +248,9 @@ def finetune_tilesets(
 
     before, after = fitted.before.get("val_iou"), fitted.after.get("val_iou")
     improved = None if before is None or after is None else bool(after > before)
-    warning = None
-    if trusted and fitted.chosen == "start":
-        warning = (
-            f"fine-tuning did not beat the starting model on the held-out slice "
-            f"({len(val_idx)} tiles, IoU {before:.3f}): the starting weights were kept"
-        )
-    elif improved is False:
-        warning = (
-            f"the new model is not better on {check_on} (IoU {before:.3f} -> {after:.3f}): "
-            "check the corrections"
-        )
-    if not has_buildings.any():
-        empty_note = (
-            f"none of the {len(new_ids)} new tiles holds a building: the model can only learn "
-            "what is not a building here (replay keeps what it knew); label tiles with "
-            "buildings next"
-        )
-        warning = f"{warning}; {empty_note}" if warning else empty_note
-    if warning:
-        log.warning(warning)
-
+    warning = _warning(
+        fitted.chosen, trusted, len(val_idx), check_on, before, after, has_buildings, len(new_ids)
+    )
     all_samples = merge_samples(meta.training.get("calibration_samples", []), samples)
     calibrator = fit(all_samples, meta.threshold) if config.calibrate else None
     check = {
@@ -294,7 +322,7 @@ def finetune_tilesets(
 
 def finetune(
     model_path: str | Path,
-    batches: list[str | Path],
+    batches: Sequence[str | Path],
     out: str | Path,
     *,
     config: FinetuneConfig | None = None,
@@ -313,15 +341,15 @@ def finetune(
 
     check_model_out(out, overwrite)  # before anything is written
     meta = read_meta(model_path)
-    batches = [Path(b) for b in batches]
+    folders = [Path(b) for b in batches]
     # read first: a clear error for a folder that is not a batch, before anything is written
-    manifests = {b: BatchLayout(b).read_manifest() for b in batches}
+    manifests = {b: BatchLayout(b).read_manifest() for b in folders}
     reports = ingest(
-        batches, labels_file=labels_file, labels_layer=labels_layer, repair=config.repair
+        folders, labels_file=labels_file, labels_layer=labels_layer, repair=config.repair
     )
 
     new_sets, new_ids, batch_records = [], set(), []
-    for b, report in zip(batches, reports, strict=True):
+    for b, report in zip(folders, reports, strict=True):
         if not report.labels:
             continue
         labels = Path(report.labels)

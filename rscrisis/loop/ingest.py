@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -209,7 +211,9 @@ def plan_batch(
         with read_raster(image) as ds:
             crs, area = ds.crs, footprint(ds.transform, ds.width, ds.height)
             transform, size = ds.transform, (ds.width, ds.height)
+        source: Path
         if studio is not None:
+            assert labels_file is not None  # a Label Studio export is a --labels file
             source = labels_file
             annotation = studio.get(task.task)
             if annotation is None:
@@ -226,6 +230,7 @@ def plan_batch(
                 _validate(frame, labels_file, crs, area, repair) if polygons else ([], 0)
             )
         elif merged is not None:
+            assert labels_file is not None  # the merged layer was read from --labels
             source = labels_file
             frame = merged[merged.intersects(_to_crs(area, crs, merged.crs))]
             if len(frame) == 0:
@@ -288,7 +293,7 @@ def write_labels(root: Path, planned: list[_Planned]) -> Path:
     dst.masks.mkdir(parents=True)
     rows = []
     manifest: dict = {}
-    indexes: dict[Path, object] = {}
+    indexes: dict[Path, Any] = {}  # GeoDataFrames
     for p in planned:
         link_or_copy(p.image, dst.image_path(p.tile_id))
         with read_raster(p.image) as ds:
@@ -344,7 +349,7 @@ def write_labels(root: Path, planned: list[_Planned]) -> Path:
 
 
 def ingest(
-    batches: list[str | Path],
+    batches: Sequence[str | Path],
     *,
     labels_file: str | Path | None = None,
     labels_layer: str | None = None,

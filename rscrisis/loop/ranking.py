@@ -144,7 +144,7 @@ def select(
     ranked = order(score, tile_ids)
     allowed: Callable[[int], bool] = spacing.allowed if spacing else (lambda i: True)
     if diversity == "none" or embeddings is None or k <= 1:
-        chosen = []
+        chosen: list = []
         for i in ranked:
             if len(chosen) == k:
                 break

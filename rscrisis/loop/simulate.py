@@ -43,6 +43,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ class _State:
 
     def __init__(self, path: Path, fingerprint: dict):
         self.path = path
-        self.data = {"fingerprint": fingerprint, "rows": [], "chains": {}}
+        self.data: dict[str, Any] = {"fingerprint": fingerprint, "rows": [], "chains": {}}
         if path.exists():
             saved = read_json(path, hint="rerun with --overwrite to start over")
             if saved.get("fingerprint") != fingerprint:
@@ -190,6 +191,7 @@ def _adapted(start: Path, pool: Path, work: Path, config: SimulateConfig) -> Pat
     from rscrisis.ml.adaptation import adapt
 
     model = work / "model.safetensors"
+    assert config.adapt is not None
     if not model.exists():
         adapt(
             start,
@@ -249,6 +251,7 @@ def _predict_pool(model: Path, pool: Path, out: Path, config: SimulateConfig, se
     ):
         prob, _ = read_prob(out / prob_rel)
         _, _, mask = read_tile(str(layout.image_path(tid)), str(layout.mask_path(tid)))
+        assert mask is not None  # read with a mask path
         rows.append(
             {
                 "tile_id": tid,
@@ -531,6 +534,163 @@ def plot(rows: list[dict], formulas: tuple[str, ...], path: Path) -> None:
     plt.close(fig)
 
 
+class _Replay:
+    """One simulation in named steps: :meth:`start` (the starting model, 0 labels),
+    :meth:`seed_batch`, :meth:`rounds` of one formula, :meth:`ceiling` (every pool tile) and
+    :meth:`finish` (curves, summary, report, plot). Every step records its rows in the state,
+    so a killed run resumes where it stopped."""
+
+    def __init__(
+        self,
+        start: Path,
+        tileset: Path,
+        out: Path,
+        config: SimulateConfig,
+        state: _State,
+        progress: Progress,
+    ):
+        self.start_model, self.out, self.config = start, out, config
+        self.state, self.progress = state, progress
+        self.t0 = time.perf_counter()
+        self.pool, self.test = split_pool_test(tileset, out, config)
+        self.pool_ids = sorted(read_index_ids(self.pool))
+        self.test_tiles = len(read_index_ids(self.test))
+        self.total = 1 + len(config.seeds) * (
+            1 + len(config.formulas) * config.rounds + config.ceiling
+        )
+        self.done = len(state.rows)
+        self.work = out / "work"
+
+    def _advance(self, message: str) -> None:
+        self.done += 1
+        self.progress(self.done, self.total, message)
+
+    def _row(self, seed: int, formula: str, r: int, ids, model: Path, pred: Path | None) -> dict:
+        return {
+            "seed": seed,
+            "formula": formula,
+            "round": r,
+            "labelled": len(ids),
+            **_evaluate(model, self.test, self.config),
+            **({} if pred is None else _pool_correlations(pred, set(ids))),
+        }
+
+    def adapt(self) -> None:
+        if self.config.adapt is not None:
+            self.start_model = _adapted(
+                self.start_model, self.pool, self.work / "adapted", self.config
+            )
+
+    def start(self) -> None:
+        """0 labelled tiles: the starting model itself, shared by every seed and formula."""
+        state, config = self.state, self.config
+        chain = state.chain(-1, START)
+        if chain is None or not (Path(chain["pred"]) / "oracle.csv").exists():
+            pred = _predict_pool(self.start_model, self.pool, self.work / START / "pred", config, 0)
+            row = self._row(-1, START, -1, [], self.start_model, pred)
+            chain = {"ids": [], "model": str(self.start_model), "round": -1, "pred": str(pred)}
+            if state.chain(-1, START) is None:
+                state.save_round(-1, START, chain, row)
+                self.done += 1
+            else:
+                state.data["chains"][f"-1/{START}"] = chain
+            self.progress(self.done, self.total, f"starting model: test IoU {row['test_iou']:.3f}")
+        self.start_pred = Path(chain["pred"])
+
+    def seed_batch(self, seed: int) -> dict:
+        """The random first batch of ``seed``, the same for every formula."""
+        chain = self.state.chain(seed, SEED_FORMULA)
+        if chain is not None:
+            return chain
+        config = self.config
+        rng = np.random.default_rng(seed)
+        ids = sorted(rng.choice(self.pool_ids, config.seed_batch, replace=False).tolist())
+        samples = _samples(self.start_pred, ids)
+        chain_dir = self.work / f"seed{seed}" / SEED_FORMULA
+        model = _finetune_on(self.start_model, self.pool, ids, samples, chain_dir, config, seed)
+        pred = _predict_pool(model, self.pool, chain_dir / "pred", config, seed)
+        row = self._row(seed, SEED_FORMULA, 0, ids, model, pred)
+        chain = {"ids": ids, "model": str(model), "round": 0, "pred": str(pred), "samples": samples}
+        self.state.save_round(seed, SEED_FORMULA, chain, row)
+        self._advance(f"seed {seed}: seed batch IoU {row['test_iou']:.3f}")
+        return chain
+
+    def rounds(self, seed: int, formula: str, seed_chain: dict) -> None:
+        """``formula``'s rounds after the seed batch: predict the pool, rank, reveal K labels,
+        fine-tune from the starting model on every tile revealed so far, evaluate."""
+        config = self.config
+        chain = self.state.chain(seed, formula) or {**seed_chain, "round": 0}
+        chain_dir = self.work / f"seed{seed}" / formula.replace("+", "_")
+        while chain["round"] < config.rounds:
+            r = chain["round"] + 1
+            pred = Path(chain["pred"]) if chain.get("pred") else None
+            if pred is None or not (pred / "oracle.csv").exists():  # gone (or never made)
+                pred = _predict_pool(
+                    Path(chain["model"]), self.pool, chain_dir / "again" / "pred", config, seed
+                )
+            exclude = set(chain["ids"])
+            picked = _choose(pred, exclude, formula, config.batch, config, seed * 100 + r)
+            ids = sorted(exclude | set(picked))
+            samples = list(chain.get("samples", [])) + _samples(pred, picked)
+            round_dir = chain_dir / f"round{r}"
+            model = _finetune_on(self.start_model, self.pool, ids, samples, round_dir, config, seed)
+            new_pred = _predict_pool(model, self.pool, round_dir / "pred", config, seed)
+            row = self._row(seed, formula, r, ids, model, new_pred)
+            previous = Path(chain["model"]).parent
+            chain = {
+                "ids": ids,
+                "model": str(model),
+                "round": r,
+                "pred": str(new_pred),
+                "samples": samples,
+            }
+            self.state.save_round(seed, formula, chain, row)
+            if previous.parent == chain_dir:  # keep only each chain's latest round
+                shutil.rmtree(previous, ignore_errors=True)
+            self._advance(f"seed {seed} {formula} round {r}: IoU {row['test_iou']:.3f}")
+
+    def ceiling(self, seed: int) -> None:
+        """Fine-tuning on every pool tile: the ceiling of the labels."""
+        if not self.config.ceiling or self.state.chain(seed, CEILING) is not None:
+            return
+        chain_dir = self.work / f"seed{seed}" / CEILING
+        samples = _samples(self.start_pred, self.pool_ids)
+        model = _finetune_on(
+            self.start_model, self.pool, self.pool_ids, samples, chain_dir, self.config, seed
+        )
+        row = self._row(seed, CEILING, -1, self.pool_ids, model, None)
+        self.state.save_round(seed, CEILING, {"ids": [], "model": str(model), "round": -1}, row)
+        shutil.rmtree(chain_dir, ignore_errors=True)
+        self._advance(f"seed {seed}: ceiling IoU {row['test_iou']:.3f}")
+
+    def finish(self) -> SimulateResult:
+        """curves.csv, summary.csv, report.json and curves.png from every row so far."""
+        config, out = self.config, self.out
+        rows = _with_shared_rounds(self.state.rows, config)
+        write_csv_atomic(out / CURVES, rows)
+        summary = summarise(rows, config.formulas)
+        write_csv_atomic(out / SUMMARY, summary)
+        report = {
+            **frame_report(rows, config.formulas),
+            "summary": summary,
+            "pool_tiles": len(self.pool_ids),
+            "test_tiles": self.test_tiles,
+            "config": config.model_dump(mode="json"),
+        }
+        write_json_atomic(out / REPORT, report)
+        plot(rows, config.formulas, out / PLOT)
+        return SimulateResult(
+            out=str(out),
+            pool_tiles=len(self.pool_ids),
+            test_tiles=self.test_tiles,
+            runs=len(self.state.rows),
+            seconds=round(time.perf_counter() - self.t0, 2),
+            summary=summary,
+            start=report.get(START),
+            ceiling=report.get(CEILING),
+        )
+
+
 def simulate(
     model_path: str | Path,
     tileset: str | Path,
@@ -566,157 +726,26 @@ def simulate(
         state = _State(out / STATE, fingerprint)
         if config.finetune.threads:
             torch.set_num_threads(config.finetune.threads)
-        t0 = time.perf_counter()
-        pool, test = split_pool_test(tileset, out, config)
-        pool_ids = sorted(read_index_ids(pool))
-        total = 1 + len(config.seeds) * (1 + len(config.formulas) * config.rounds + config.ceiling)
-        done = len(state.rows)
+        replay = _Replay(start, tileset, out, config, state, progress)
         write_json_atomic(
             out / MANIFEST,
             {
                 "kind": "rscrisis.simulation",
                 **fingerprint,
-                "pool": str(pool),
-                "test": str(test),
-                "pool_tiles": len(pool_ids),
-                "test_tiles": len(read_index_ids(test)),
+                "pool": str(replay.pool),
+                "test": str(replay.test),
+                "pool_tiles": len(replay.pool_ids),
+                "test_tiles": replay.test_tiles,
             },
         )
-        work = out / "work"
-
-        def pool_prediction(chain: dict, model: Path, chain_dir: Path, seed: int) -> Path:
-            pred = Path(chain["pred"]) if chain.get("pred") else None
-            if pred is None or not (pred / "oracle.csv").exists():  # gone (or never made)
-                pred = _predict_pool(model, pool, chain_dir / "pred", config, seed)
-            return pred
-
-        if config.adapt is not None:
-            start = _adapted(start, pool, work / "adapted", config)
-
-        # 0 labelled tiles: the starting model itself, shared by every seed and formula
-        start_chain = state.chain(-1, START)
-        if start_chain is None or not (Path(start_chain["pred"]) / "oracle.csv").exists():
-            pred = _predict_pool(start, pool, work / START / "pred", config, 0)
-            row = {
-                "seed": -1,
-                "formula": START,
-                "round": -1,
-                "labelled": 0,
-                **_evaluate(start, test, config),
-                **_pool_correlations(pred, set()),
-            }
-            start_chain = {"ids": [], "model": str(start), "round": -1, "pred": str(pred)}
-            if state.chain(-1, START) is None:
-                state.save_round(-1, START, start_chain, row)
-                done += 1
-            else:
-                state.data["chains"][f"-1/{START}"] = start_chain
-            progress(done, total, f"starting model: test IoU {row['test_iou']:.3f}")
-        start_pred = Path(start_chain["pred"])
-
+        replay.adapt()
+        replay.start()
         for seed in config.seeds:
-            seed_work = work / f"seed{seed}"
-            seed_chain = state.chain(seed, SEED_FORMULA)
-            if seed_chain is None:
-                rng = np.random.default_rng(seed)
-                ids = sorted(rng.choice(pool_ids, config.seed_batch, replace=False).tolist())
-                samples = _samples(start_pred, ids)
-                chain_dir = seed_work / SEED_FORMULA
-                model = _finetune_on(start, pool, ids, samples, chain_dir, config, seed)
-                pred = _predict_pool(model, pool, chain_dir / "pred", config, seed)
-                row = {
-                    "seed": seed,
-                    "formula": SEED_FORMULA,
-                    "round": 0,
-                    "labelled": len(ids),
-                    **_evaluate(model, test, config),
-                    **_pool_correlations(pred, set(ids)),
-                }
-                seed_chain = {
-                    "ids": ids,
-                    "model": str(model),
-                    "round": 0,
-                    "pred": str(pred),
-                    "samples": samples,
-                }
-                state.save_round(seed, SEED_FORMULA, seed_chain, row)
-                done += 1
-                progress(done, total, f"seed {seed}: seed batch IoU {row['test_iou']:.3f}")
+            seed_chain = replay.seed_batch(seed)
             for formula in config.formulas:
-                chain = state.chain(seed, formula) or {**seed_chain, "round": 0}
-                chain_dir = seed_work / formula.replace("+", "_")
-                while chain["round"] < config.rounds:
-                    r = chain["round"] + 1
-                    pred = pool_prediction(chain, Path(chain["model"]), chain_dir / "again", seed)
-                    exclude = set(chain["ids"])
-                    picked = _choose(pred, exclude, formula, config.batch, config, seed * 100 + r)
-                    ids = sorted(exclude | set(picked))
-                    samples = list(chain.get("samples", [])) + _samples(pred, picked)
-                    round_dir = chain_dir / f"round{r}"
-                    model = _finetune_on(start, pool, ids, samples, round_dir, config, seed)
-                    new_pred = _predict_pool(model, pool, round_dir / "pred", config, seed)
-                    row = {
-                        "seed": seed,
-                        "formula": formula,
-                        "round": r,
-                        "labelled": len(ids),
-                        **_evaluate(model, test, config),
-                        **_pool_correlations(new_pred, set(ids)),
-                    }
-                    previous = Path(chain["model"]).parent
-                    chain = {
-                        "ids": ids,
-                        "model": str(model),
-                        "round": r,
-                        "pred": str(new_pred),
-                        "samples": samples,
-                    }
-                    state.save_round(seed, formula, chain, row)
-                    if previous.parent == chain_dir:  # keep only each chain's latest round
-                        shutil.rmtree(previous, ignore_errors=True)
-                    done += 1
-                    progress(
-                        done, total, f"seed {seed} {formula} round {r}: IoU {row['test_iou']:.3f}"
-                    )
-            if config.ceiling and state.chain(seed, CEILING) is None:
-                chain_dir = seed_work / CEILING
-                model = _finetune_on(
-                    start, pool, pool_ids, _samples(start_pred, pool_ids), chain_dir, config, seed
-                )
-                row = {
-                    "seed": seed,
-                    "formula": CEILING,
-                    "round": -1,
-                    "labelled": len(pool_ids),
-                    **_evaluate(model, test, config),
-                }
-                state.save_round(seed, CEILING, {"ids": [], "model": str(model), "round": -1}, row)
-                shutil.rmtree(chain_dir, ignore_errors=True)
-                done += 1
-                progress(done, total, f"seed {seed}: ceiling IoU {row['test_iou']:.3f}")
-        rows = _with_shared_rounds(state.rows, config)
-        write_csv_atomic(out / CURVES, rows)
-        summary = summarise(rows, config.formulas)
-        write_csv_atomic(out / SUMMARY, summary)
-        report = {
-            **frame_report(rows, config.formulas),
-            "summary": summary,
-            "pool_tiles": len(pool_ids),
-            "test_tiles": len(read_index_ids(test)),
-            "config": config.model_dump(mode="json"),
-        }
-        write_json_atomic(out / REPORT, report)
-        plot(rows, config.formulas, out / PLOT)
-        return SimulateResult(
-            out=str(out),
-            pool_tiles=len(pool_ids),
-            test_tiles=len(read_index_ids(test)),
-            runs=len(state.rows),
-            seconds=round(time.perf_counter() - t0, 2),
-            summary=summary,
-            start=report.get(START),
-            ceiling=report.get(CEILING),
-        )
+                replay.rounds(seed, formula, seed_chain)
+            replay.ceiling(seed)
+        return replay.finish()
 
 
 def _with_shared_rounds(rows: list[dict], config: SimulateConfig) -> list[dict]:

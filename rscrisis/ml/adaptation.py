@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -103,9 +104,13 @@ def adabn(
 
     from rscrisis.ml.tta import apply_view
 
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, _BatchNorm) and m.running_mean is not None and m.running_var is not None
+    ]
     momenta = [m.momentum for m in layers]
-    source = [(m.running_mean.clone(), m.running_var.clone()) for m in layers]
+    source = [(m.running_mean.clone(), m.running_var.clone()) for m in layers]  # type: ignore[union-attr]
     for m in layers:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over every batch seen
@@ -129,8 +134,8 @@ def adabn(
     for m, momentum, (mean, var) in zip(layers, momenta, source, strict=True):
         m.momentum = momentum
         if weight < 1:
-            m.running_mean.mul_(weight).add_(mean, alpha=1 - weight)
-            m.running_var.mul_(weight).add_(var, alpha=1 - weight)
+            m.running_mean.mul_(weight).add_(mean, alpha=1 - weight)  # type: ignore[union-attr]
+            m.running_var.mul_(weight).add_(var, alpha=1 - weight)  # type: ignore[union-attr]
     model.eval()
     return {
         "layers": len(layers),
@@ -152,6 +157,7 @@ def pseudo_labels(model, dataset, config: AdaptConfig, device, amp) -> tuple[lis
     with torch.no_grad():
         for x, _, valid in torch.utils.data.DataLoader(dataset, batch_size=BATCH_INFER):
             out = forward_views(model, x.to(device), valid.to(device), amp, D4)
+            assert out.spread is not None  # several views always have a spread
             prob, spread, v = out.prob.cpu().numpy(), out.spread.cpu().numpy(), valid.numpy()
             agree = spread <= config.max_spread
             mask = np.full(prob.shape, MASK_IGNORE, np.uint8)
@@ -374,7 +380,7 @@ def simsiam(
 
 def adapt(
     model_path: str | Path,
-    tilesets: list[str | Path],
+    tilesets: Sequence[str | Path],
     out: str | Path,
     *,
     config: AdaptConfig | None = None,
@@ -445,7 +451,7 @@ def adapt(
     previous.pop("iou_calibrator", None)
     lineage = {
         "from_model": str(model_path),
-        "tilesets": [str(t.resolve()) for t in tilesets],
+        "tilesets": [str(Path(t).resolve()) for t in tilesets],
         "tiles": len(frame),
         "methods": records,
         "config": config.model_dump(mode="json"),

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -28,6 +29,12 @@ from rscrisis.io.tileset import (
     read_manifest,
 )
 
+if TYPE_CHECKING:  # geopandas and torch stay off the import path until they are used
+    import geopandas as gpd
+    from torch.utils.data import Dataset as _DatasetBase
+else:  # a TileDataset is a torch Dataset by duck typing: __len__ and __getitem__
+    _DatasetBase = object
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +42,7 @@ log = logging.getLogger(__name__)
 class TileTable:
     """The tiles of one or more tile sets, with what training and prediction need."""
 
-    frame: object  # GeoDataFrame: tile_id, root, image_path, mask_path, geometry, ...
+    frame: gpd.GeoDataFrame  # tile_id, root, image_path, mask_path, geometry, ...
     band_count: int
     dtype: str
     bands: list[int]
@@ -52,7 +59,7 @@ def load_tiles(roots: Sequence[str | Path], need_masks: bool) -> TileTable:
     import geopandas as gpd
     import pandas as pd
 
-    frames = []
+    frames: list = []
     manifests = []
     for root in roots:
         root = Path(root)
@@ -146,7 +153,8 @@ def band_statistics(
     """Per-band mean and std over valid pixels of a seeded sample of tiles."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(paths), size=min(max_tiles, len(paths)), replace=False)
-    sums = sq = None
+    sums: np.ndarray | None = None
+    sq: np.ndarray | None = None
     n = 0
     for i in sorted(chosen):
         image, valid, _ = read_tile(paths[i], None)
@@ -157,7 +165,7 @@ def band_statistics(
         sums += px.sum(1)
         sq += (px**2).sum(1)
         n += px.shape[1]
-    if not n:
+    if not n or sums is None or sq is None:
         raise InputError("the sampled tiles hold no valid pixel", hint="check the tile set")
     mean = sums / n
     std = np.sqrt(np.maximum(sq / n - mean**2, 1e-12))
@@ -280,7 +288,7 @@ def restore_random_state(pipeline, state: dict | None) -> None:
     pipeline.py_random.setstate((state["python_version"], tuple(state["python"]), None))
 
 
-class TileDataset:
+class TileDataset(_DatasetBase):
     """A torch map-style dataset of (image, mask, valid) built from tile paths.
 
     Tiles are read once and kept in memory in their native dtype when the set is small
@@ -303,7 +311,7 @@ class TileDataset:
         self.std = np.asarray(std, np.float32)[:, None, None]
         self.scale = 255.0 if dtype == "uint8" else float(np.max(self.mean + 4 * self.std))
         self.augment = augment
-        self._cache: dict[int, tuple] = {} if cache else None
+        self._cache: dict[int, tuple] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.images)

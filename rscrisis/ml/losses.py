@@ -27,18 +27,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rscrisis.config import TrainConfig
+
 LOSSES = ("bce-dice", "sce", "bootstrap")
 RCE_LOG_ZERO = -4.0
 BOOTSTRAP_BETA = 0.8
 RAMP = (0.1, 0.4)
 
 
+_TRAIN = TrainConfig.model_fields
+
+
 @dataclass(frozen=True)
 class LossOptions:
-    loss: str = "bce-dice"
-    label_smoothing: float = 0.0
-    confidence_weighting: float = 0.0
-    edge_ignore: int = 0
+    # plain training's defaults, from the one place they live: rscrisis.config.TrainConfig
+    loss: str = _TRAIN["loss"].default
+    label_smoothing: float = _TRAIN["label_smoothing"].default
+    confidence_weighting: float = _TRAIN["confidence_weighting"].default
+    edge_ignore: int = _TRAIN["edge_ignore"].default
 
     @property
     def robust(self) -> bool:

@@ -110,8 +110,10 @@ class BuildingSegmenter(nn.Module):
         )
         # the head learns a correction to the training-free expected IoU (residual in logit
         # space); a zero last layer makes an untrained head return exactly that baseline
-        nn.init.zeros_(self.iou_head[-1].weight)
-        nn.init.zeros_(self.iou_head[-1].bias)
+        last = self.iou_head[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         self.embedding_dim = c_enc
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None):

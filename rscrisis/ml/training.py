@@ -1,10 +1,16 @@
-"""``rscrisis train``: supervised training of the U-Net + IoU head on tile sets.
+"""Supervised training of the U-Net + IoU head: one :class:`Trainer` for every command.
 
-The loop is shared by ``pretrain`` and ``finetune`` (later stages): masked BCE + Dice for the
-segmentation (255 = ignore), a regression of the IoU head onto the actual per-tile IoU of the
-detached thresholded prediction, AdamW with warm-up and cosine decay, a spatially blocked
-validation split, early stopping, the best model kept as ``.safetensors``, a resumable state
-file, and the history written beside the model.
+The optimisation (:class:`Trainer`) is shared by ``train``/``pretrain``, ``finetune``, every
+round of ``simulate`` and ``adapt``'s self-training: the segmentation loss (masked BCE + Dice,
+or a noise-robust one; 255 = ignore), a regression of the IoU head onto the actual per-tile IoU
+of the detached thresholded prediction, AdamW with warm-up and cosine decay, an optional weight
+average. Two ways to spend it:
+
+- :func:`train` runs epochs over a tile set (:class:`_EpochRun`): a spatially blocked
+  validation split, early stopping, the best model kept as ``.safetensors``, a resumable state
+  file, a time budget, and the history written beside the model;
+- :func:`fit_steps` runs a budget of steps drawn with replacement, for a few corrected tiles
+  (``finetune``, ``simulate``, ``adapt``).
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rscrisis import __version__
-from rscrisis.config import TrainConfig
+from rscrisis.config import FittingConfig, TrainConfig
 from rscrisis.errors import InputError, OutputExistsError, TrainingDivergedError
 from rscrisis.io.outputs import atomic_path, write_csv_atomic, write_json_atomic
 from rscrisis.ml.data import TileDataset, augmentation, band_statistics, load_tiles, spatial_split
@@ -125,7 +132,7 @@ def _transfer(source: BuildingSegmenter, meta: ModelMeta, transfer: str) -> Buil
     return fresh
 
 
-def _freeze(model: BuildingSegmenter, config: TrainConfig) -> list[torch.nn.Module]:
+def _freeze(model: BuildingSegmenter, config: FittingConfig) -> list[torch.nn.Module]:
     frozen: list[torch.nn.Module] = []
     if config.freeze_transferred:
         frozen = transferred_parts(model, config.transfer)
@@ -201,26 +208,120 @@ def validate(
     }
 
 
-def train(
-    tilesets: Sequence[str | Path],
-    out: str | Path,
-    *,
-    config: TrainConfig | None = None,
-    init: str | Path | None = None,
-    overwrite: bool = False,
-    resume: bool = False,
-    progress: Progress = no_progress,
-    extra_training_meta: dict | None = None,
-) -> TrainResult:
-    """Train on labelled tile sets and write the best model to ``out`` (.safetensors)."""
-    config = config or TrainConfig()
-    out = Path(out)
+class Trainer:
+    """One optimisation, shared by every training in rscrisis: ``train``/``pretrain`` (epochs,
+    :class:`_EpochRun`), ``finetune``, every round of ``simulate`` and ``adapt``'s self-training
+    (a budget of steps, :func:`fit_steps`).
+
+    Its steps are named after what they do, the shape of TorchGeo's trainer hooks without
+    Lightning: :meth:`train_mode` (frozen parts and, with ``freeze_norm``, batch-norm
+    statistics stay fixed), :meth:`step` (forward, segmentation + IoU-head loss, a NaN check,
+    AdamW, the warm-up/cosine schedule, the weight average), :meth:`validate` (pixel IoU/F1 and
+    the IoU head's calibration on held-out tiles), :meth:`replan` (a shorter schedule when a
+    time budget shows fewer steps fit) and :meth:`state_dict`/:meth:`load_state_dict` (what a
+    checkpoint holds).
+    """
+
+    def __init__(
+        self,
+        model: BuildingSegmenter,
+        *,
+        lr: float,
+        weight_decay: float,
+        total_steps: int,
+        device: torch.device,
+        amp: torch.dtype | None,
+        threshold: float,
+        iou_loss_weight: float,
+        loss_options: LossOptions | None = None,
+        frozen: Sequence[torch.nn.Module] = (),
+        freeze_norm: bool = False,
+        ema: float = 0.0,
+    ):
+        self.model = model
+        self.lr = lr
+        self.device = device
+        self.amp = amp
+        self.threshold = threshold
+        self.iou_loss_weight = iou_loss_weight
+        self.loss_options = loss_options or LossOptions()
+        self.frozen = list(frozen)
+        self.freeze_norm = freeze_norm
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        self.plan = WarmupCosine(total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.plan)
+        self.ema = _Ema(model, ema) if ema > 0 else None
+        self.steps_done = 0
+
+    def train_mode(self) -> None:
+        self.model.train()
+        for m in self.frozen:
+            m.eval()
+        if self.freeze_norm:  # keep the starting model's normalisation statistics
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def step(
+        self, x: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, where: str
+    ) -> tuple[float, float]:
+        """One optimisation step on a batch; (segmentation loss, IoU-head loss)."""
+        seg_loss, iou_loss = batch_losses(
+            self.model,
+            x,
+            mask,
+            valid,
+            self.amp,
+            self.loss_options,
+            self.steps_done / self.plan.total,
+            self.threshold,
+        )
+        loss = seg_loss + self.iou_loss_weight * iou_loss
+        check_finite(loss, where, self.lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.steps_done += 1
+        return seg_loss.item(), iou_loss.item()
+
+    @property
+    def current_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def validate(self, loader, state: dict | None = None) -> dict:
+        """Scores on held-out tiles, with the live weights or, given, another ``state`` (the
+        weight average), which is swapped in and out again."""
+        if state is not None:
+            live = {k: v.clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(state)
+        scores = validate(self.model, loader, self.device, self.threshold, self.amp)
+        if state is not None:
+            self.model.load_state_dict(live)
+        return scores
+
+    def replan(self, total_steps: int) -> None:
+        self.plan.replan(total_steps)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _check_outputs(out: Path, state_path: Path, overwrite: bool, resume: bool) -> None:
     if out.suffix != ".safetensors":
         raise InputError("the model file name must end in .safetensors", path=out)
-    state_path = sidecar(out, ".state.pt")
-    # the best epoch so far lives under a hidden name until the run ends: a final-named model
-    # file is always a finished run's (an interrupted run keeps it here, for --resume)
-    best_path = out.with_name(f".{out.name.removesuffix('.safetensors')}.best.safetensors")
     if overwrite and resume:
         raise InputError("--overwrite and --resume exclude each other", hint="choose one")
     if resume and not state_path.exists():
@@ -240,269 +341,334 @@ def train(
             "exists", path=out, hint="pass --overwrite to replace it or choose another --out"
         )
 
-    t_start = time.perf_counter()
-    seed_everything(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    amp = autocast_dtype(device, config.precision)
 
-    table = load_tiles(tilesets, need_masks=True)
-    frame = table.frame
-    train_idx, val_idx, dropped = spatial_split(
-        frame, config.val_fraction, config.block_tiles, config.seed
-    )
-    if config.max_tiles and len(train_idx) > config.max_tiles:
-        rng = np.random.default_rng(config.seed)
-        train_idx = np.sort(rng.choice(train_idx, config.max_tiles, replace=False))
+class _EpochRun:
+    """``rscrisis train`` in named steps: :meth:`setup`, :meth:`resume`, then per epoch
+    :meth:`epoch`, :meth:`validate`, :meth:`checkpoint` and :meth:`replan`, and :meth:`finish`.
+    The optimisation itself is a :class:`Trainer`'s."""
 
-    if init is not None:
-        model, init_meta = load_model(init)
-        check_bands(init_meta, table.band_count, tilesets[0])
-        if config.encoder != init_meta.encoder:
-            log.info("--init model uses encoder %s; --encoder is ignored", init_meta.encoder)
-        mean, std = init_meta.mean, init_meta.std
-        encoder = init_meta.encoder
-        history_before = list(init_meta.history)
-        training_before = dict(init_meta.training)
-    else:
-        mean, std = band_statistics(list(frame.image_path.iloc[train_idx]), seed=config.seed)
-        encoder = config.encoder
-        history_before, training_before = [], {}
-    meta = ModelMeta(
-        encoder=encoder,
-        in_channels=table.band_count,
-        mean=mean,
-        std=std,
-        tile_size=table.tile_size,
-        threshold=config.threshold,
-        bands=table.bands,
-        colorinterp=table.colorinterp,
-        dtype=table.dtype,
-        gsd_m=table.gsd_m,
-    )
-    if init is None:
-        model = build_model(meta)
-    elif config.transfer != "all":
-        model = _transfer(model, meta, config.transfer)
-    model.threshold = config.threshold
-    model.to(device)
-    frozen = _freeze(model, config)
+    def __init__(
+        self,
+        tilesets: Sequence[str | Path],
+        out: Path,
+        config: TrainConfig,
+        init: str | Path | None,
+        progress: Progress,
+        extra_training_meta: dict | None,
+    ):
+        self.tilesets = tilesets
+        self.out = out
+        self.config = config
+        self.init = init
+        self.progress = progress
+        self.extra_training_meta = extra_training_meta or {}
+        self.state_path = sidecar(out, ".state.pt")
+        # the best epoch so far lives under a hidden name until the run ends: a final-named
+        # model file is always a finished run's (an interrupted run keeps it, for --resume)
+        self.best_path = out.with_name(f".{out.name.removesuffix('.safetensors')}.best.safetensors")
+        self.t_start = time.perf_counter()
+        self.history: list[dict] = []
+        self.best_score, self.best_epoch, self.start_epoch = -math.inf, 0, 0
+        self.epochs_without_gain = 0
+        self.resumed = False
+        self.seen = 0
+        self.t_train = 0.0
 
-    def dataset(idx, aug):
-        rows = frame.iloc[idx]
-        return TileDataset(
-            rows.image_path,
-            rows.mask_path,
-            mean,
-            std,
-            table.dtype,
-            augment=augmentation(config.seed) if aug else None,
+    def setup(self) -> None:
+        """Seed, pick the device, load and split the tiles, build (or transfer) the model,
+        freeze what the config freezes, and make the loaders and the :class:`Trainer`."""
+        config = self.config
+        seed_everything(config.seed)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = resolve_device(config.device)
+        table = load_tiles(self.tilesets, need_masks=True)
+        frame = table.frame
+        train_idx, val_idx, dropped = spatial_split(
+            frame, config.val_fraction, config.block_tiles, config.seed
         )
+        if config.max_tiles and len(train_idx) > config.max_tiles:
+            rng = np.random.default_rng(config.seed)
+            train_idx = np.sort(rng.choice(train_idx, config.max_tiles, replace=False))
+        model, self.meta, self.history_before, self.training_before = self._model(
+            table, frame, train_idx
+        )
+        model.threshold = config.threshold
+        model.to(device)
+        frozen = _freeze(model, config)
+        mean, std = self.meta.mean, self.meta.std
 
-    gen = torch.Generator().manual_seed(config.seed)
-    train_loader = torch.utils.data.DataLoader(
-        dataset(train_idx, config.augment),
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=gen,
-        drop_last=len(train_idx) > config.batch_size,
-    )
-    val_loader = (
-        torch.utils.data.DataLoader(dataset(val_idx, False), batch_size=config.batch_size)
-        if len(val_idx)
-        else None
-    )
-    loss_options = LossOptions(
-        config.loss, config.label_smoothing, config.confidence_weighting, config.edge_ignore
-    )
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, len(train_loader))
-    total_steps = config.epochs * steps_per_epoch
-    plan = WarmupCosine(total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan)
+        def dataset(idx, aug):
+            rows = frame.iloc[idx]
+            return TileDataset(
+                rows.image_path,
+                rows.mask_path,
+                mean,
+                std,
+                table.dtype,
+                augment=augmentation(config.seed) if aug else None,
+            )
 
-    history: list[dict] = []
-    best_score, best_epoch, start_epoch = -math.inf, 0, 0
-    epochs_without_gain = 0
-    if resume:
-        state = _load_state(state_path, device)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.train_set = dataset(train_idx, config.augment)
+        self.train_loader = torch.utils.data.DataLoader(
+            self.train_set,
+            batch_size=config.batch_size,
+            shuffle=True,
+            generator=self.gen,
+            drop_last=len(train_idx) > config.batch_size,
+        )
+        self.val_loader = (
+            torch.utils.data.DataLoader(dataset(val_idx, False), batch_size=config.batch_size)
+            if len(val_idx)
+            else None
+        )
+        self.steps_per_epoch = max(1, len(self.train_loader))
+        self.trainer = Trainer(
+            model,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            total_steps=config.epochs * self.steps_per_epoch,
+            device=device,
+            amp=autocast_dtype(device, config.precision),
+            threshold=config.threshold,
+            iou_loss_weight=config.iou_loss_weight,
+            loss_options=LossOptions(
+                config.loss, config.label_smoothing, config.confidence_weighting, config.edge_ignore
+            ),
+            frozen=frozen,
+            freeze_norm=config.freeze_norm,
+        )
+        self.result = TrainResult(
+            model=str(self.out),
+            train_tiles=len(train_idx),
+            val_tiles=len(val_idx),
+            buffer_dropped_tiles=len(dropped),
+            device=str(device),
+            planned_epochs=config.epochs,
+        )
+        resolved = [str(Path(t).resolve()) for t in self.tilesets]
+        before = self.training_before.get("pretraining_tilesets", [])
+        self.train_meta = {
+            "tilesets": [str(t) for t in self.tilesets],
+            # what finetune replays so a few new tiles do not wipe out what was learnt here
+            "pretraining_tilesets": (
+                resolved if self.init is None else list(dict.fromkeys(before + resolved))
+            ),
+            "config": config.model_dump(mode="json"),
+            "init": None if self.init is None else str(self.init),
+            "train_tiles": len(train_idx),
+            "val_tiles": len(val_idx),
+            **self.extra_training_meta,
+        }
+
+    def _model(self, table, frame, train_idx):
+        """(model, metadata, earlier history, earlier lineage): fresh, or from ``--init``."""
+        config = self.config
+        if self.init is not None:
+            model, init_meta = load_model(self.init)
+            check_bands(init_meta, table.band_count, self.tilesets[0])
+            if config.encoder != init_meta.encoder:
+                log.info("--init model uses encoder %s; --encoder is ignored", init_meta.encoder)
+            mean, std, encoder = init_meta.mean, init_meta.std, init_meta.encoder
+            history_before, training_before = list(init_meta.history), dict(init_meta.training)
+        else:
+            mean, std = band_statistics(list(frame.image_path.iloc[train_idx]), seed=config.seed)
+            encoder = config.encoder
+            history_before, training_before = [], {}
+        meta = ModelMeta(
+            encoder=encoder,
+            in_channels=table.band_count,
+            mean=mean,
+            std=std,
+            tile_size=table.tile_size,
+            threshold=config.threshold,
+            bands=table.bands,
+            colorinterp=table.colorinterp,
+            dtype=table.dtype,
+            gsd_m=table.gsd_m,
+        )
+        if self.init is None:
+            model = build_model(meta)
+        elif config.transfer != "all":
+            model = _transfer(model, meta, config.transfer)
+        return model, meta, history_before, training_before
+
+    def resume(self) -> None:
+        """Continue an interrupted run exactly: weights, optimiser, schedule, history, the
+        early-stopping counter and every random stream."""
+        state = _load_state(self.state_path, self.trainer.device)
         try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history = json.loads(state["history"])
-            best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
-            start_epoch = int(state["epoch"])
-            epochs_without_gain = int(state.get("epochs_without_gain", 0))
-            _restore_rng(json.loads(state["rng"]), gen, state, train_loader.dataset.augment)
+            self.trainer.load_state_dict(state)
+            self.history = json.loads(state["history"])
+            self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
+            self.start_epoch = int(state["epoch"])
+            self.epochs_without_gain = int(state.get("epochs_without_gain", 0))
+            augment = self.train_set.augment
+            _restore_rng(json.loads(state["rng"]), self.gen, state, augment)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise _state_error(state_path, f"it does not match this run ({exc})") from exc
-        if best_epoch and not best_path.exists():
-            raise _state_error(state_path, f"the best model so far ({best_path.name}) is gone")
-        log.info("resuming at epoch %d", start_epoch + 1)
+            raise _state_error(self.state_path, f"it does not match this run ({exc})") from exc
+        if self.best_epoch and not self.best_path.exists():
+            raise _state_error(
+                self.state_path, f"the best model so far ({self.best_path.name}) is gone"
+            )
+        self.resumed = True
+        self.trainer.steps_done = self.start_epoch * self.steps_per_epoch
+        log.info("resuming at epoch %d", self.start_epoch + 1)
 
-    result = TrainResult(
-        model=str(out),
-        train_tiles=len(train_idx),
-        val_tiles=len(val_idx),
-        buffer_dropped_tiles=len(dropped),
-        device=str(device),
-        planned_epochs=config.epochs,
-    )
-    resolved = [str(Path(t).resolve()) for t in tilesets]
-    train_meta = {
-        "tilesets": [str(t) for t in tilesets],
-        # what finetune replays so a few new tiles do not wipe out what was learnt here
-        "pretraining_tilesets": (
-            resolved
-            if init is None
-            else list(dict.fromkeys(training_before.get("pretraining_tilesets", []) + resolved))
-        ),
-        "config": config.model_dump(mode="json"),
-        "init": None if init is None else str(init),
-        "train_tiles": len(train_idx),
-        "val_tiles": len(val_idx),
-        **(extra_training_meta or {}),
-    }
-    seen = 0
-    t_train = 0.0
-    step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        for m in frozen:
-            m.eval()
-        if config.freeze_norm:  # keep the starting model's normalisation statistics
-            for m in model.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+    def epoch(self, epoch: int) -> dict:
+        """One pass over the training tiles; the epoch's history row."""
+        trainer, config = self.trainer, self.config
+        trainer.train_mode()
         t0 = time.perf_counter()
         losses = []
-        for x, mask, valid in train_loader:
-            x, mask, valid = x.to(device), mask.to(device), valid.to(device)
-            seg_loss, iou_loss = batch_losses(
-                model, x, mask, valid, amp, loss_options, step / total_steps, config.threshold
-            )
-            loss = seg_loss + config.iou_loss_weight * iou_loss
-            check_finite(loss, f"epoch {epoch + 1}, step {step + 1}", config.lr)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append((seg_loss.item(), iou_loss.item()))
-            seen += len(x)
-            step += 1
-            progress(
-                step,
-                total_steps,
+        for x, mask, valid in self.train_loader:
+            x, mask, valid = x.to(trainer.device), mask.to(trainer.device), valid.to(trainer.device)
+            where = f"epoch {epoch + 1}, step {trainer.steps_done + 1}"
+            losses.append(trainer.step(x, mask, valid, where))
+            self.seen += len(x)
+            self.progress(
+                trainer.steps_done,
+                trainer.plan.total,
                 f"epoch {epoch + 1}/{config.epochs} loss {np.mean([a for a, _ in losses]):.3f}",
             )
-        t_train += time.perf_counter() - t0
-        row = {
+        self.t_train += time.perf_counter() - t0
+        return {
             "epoch": epoch + 1,
             "seg_loss": round(float(np.mean([a for a, _ in losses])), 5),
             "iou_loss": round(float(np.mean([b for _, b in losses])), 5),
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": trainer.current_lr,
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        if val_loader is not None:
-            row.update(
-                {
-                    k: round(v, 5) if isinstance(v, float) and math.isfinite(v) else v
-                    for k, v in validate(model, val_loader, device, config.threshold, amp).items()
-                }
-            )
-            score = row["val_iou"]
-        else:
-            score = -row["seg_loss"]
-        history.append(row)
-        if "val_iou" in row:
-            progress(
-                step,
-                total_steps,
-                f"epoch {epoch + 1}/{config.epochs} "
-                f"loss {row['seg_loss']:.3f} val IoU {row['val_iou']:.3f}",
-            )
+
+    def validate(self, row: dict) -> float:
+        """Score the epoch on the validation tiles (into ``row``); without any, the training
+        loss decides which epoch is best."""
+        if self.val_loader is None:
+            return -row["seg_loss"]
+        row.update({k: _round(v) for k, v in self.trainer.validate(self.val_loader).items()})
+        self.progress(
+            self.trainer.steps_done,
+            self.trainer.plan.total,
+            f"epoch {row['epoch']}/{self.config.epochs} "
+            f"loss {row['seg_loss']:.3f} val IoU {row['val_iou']:.3f}",
+        )
+        return row["val_iou"]
+
+    def checkpoint(self, row: dict, score: float) -> None:
+        """Keep the best model so far (hidden name), the resumable state and the history."""
+        self.history.append(row)
         log.info("epoch %s", json.dumps(row))
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch = score, epoch + 1
-            epochs_without_gain = 0
-            meta.history = history_before + history
+        if score > self.best_score:
+            self.best_score, self.best_epoch = score, row["epoch"]
+            self.epochs_without_gain = 0
+            meta = self.meta
+            meta.history = self.history_before + self.history
             meta.training = {
-                **training_before,
-                **train_meta,
-                "best_epoch": best_epoch,
+                **self.training_before,
+                **self.train_meta,
+                "best_epoch": self.best_epoch,
                 "rscrisis_version": __version__,
             }
-            if training_before:
-                meta.training["previous"] = training_before
-            save_model(model, meta, best_path)
+            if self.training_before:
+                meta.training["previous"] = self.training_before
+            save_model(self.trainer.model, meta, self.best_path)
         else:
-            epochs_without_gain += 1
-        with atomic_path(state_path) as tmp:
+            self.epochs_without_gain += 1
+        with atomic_path(self.state_path) as tmp:
             torch.save(
                 {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": json.dumps(history),
-                    "best_score": best_score,
-                    "best_epoch": best_epoch,
-                    "epoch": epoch + 1,
-                    "epochs_without_gain": epochs_without_gain,
-                    "generator": gen.get_state(),
+                    **self.trainer.state_dict(),
+                    "history": json.dumps(self.history),
+                    "best_score": self.best_score,
+                    "best_epoch": self.best_epoch,
+                    "epoch": row["epoch"],
+                    "epochs_without_gain": self.epochs_without_gain,
+                    "generator": self.gen.get_state(),
                     "torch_rng": torch.get_rng_state(),
-                    "rng": json.dumps(_rng_state(train_loader.dataset.augment)),
+                    "rng": json.dumps(_rng_state(self.train_set.augment)),
                 },
                 tmp,
             )
-        write_csv_atomic(sidecar(out, ".history.csv"), history)
-        if epochs_without_gain >= config.patience:
+        write_csv_atomic(sidecar(self.out, ".history.csv"), self.history)
+
+    def replan(self, epoch: int, row: dict) -> bool:
+        """Whether to stop now: early stopping, the schedule's end, or the time budget. After
+        the first timed epoch of a run with ``max_minutes``, the schedule is fitted to the
+        budget so the learning rate anneals before time runs out (not reproducible across
+        machines)."""
+        config = self.config
+        if self.epochs_without_gain >= config.patience:
             log.info("early stopping: no improvement for %d epochs", config.patience)
-            break
-        elapsed = time.perf_counter() - t_start
-        if config.max_minutes and epoch == start_epoch and not resume:
-            # Now that one epoch has been timed, fit the schedule to the budget so the
-            # learning rate anneals before time runs out (not reproducible across machines).
+            return True
+        elapsed = time.perf_counter() - self.t_start
+        if config.max_minutes and epoch == self.start_epoch and not self.resumed:
             fit = int((60 * config.max_minutes - elapsed) // max(row["seconds"], 1e-3)) + 1
             planned = max(epoch + 1, min(config.epochs, fit))
-            plan.replan(planned * steps_per_epoch)
-            result.planned_epochs = planned
-            total_steps = planned * steps_per_epoch
+            self.trainer.replan(planned * self.steps_per_epoch)
+            self.result.planned_epochs = planned
             log.info("budget of %.1f min: planning %d epochs", config.max_minutes, planned)
-        if step >= plan.total:
-            break
+        if self.trainer.steps_done >= self.trainer.plan.total:
+            return True
         if config.max_minutes and elapsed > 60 * config.max_minutes:
             log.info("stopping: the %.1f min budget is spent", config.max_minutes)
-            break
+            return True
+        return False
 
-    # the best model's metadata gets the full history, including epochs after the best; only
-    # now does the model appear under its final name
-    best_model, best_meta = load_model(best_path)
-    best_meta.history = history_before + history
-    save_model(best_model, best_meta, out)
-    best_path.unlink(missing_ok=True)
-    state_path.unlink(missing_ok=True)
-    result.history = history
-    result.epochs_run = len(history)
-    result.best_epoch = best_epoch
-    result.best = next((r for r in history if r["epoch"] == best_epoch), {})
-    result.images_per_s = round(seen / t_train, 2) if t_train else 0.0
-    result.seconds = round(time.perf_counter() - t_start, 2)
-    write_json_atomic(
-        sidecar(out, ".train.json"),
-        {
-            "kind": "rscrisis.train",
-            "rscrisis_version": __version__,
-            "config": config.model_dump(mode="json"),
-            "tilesets": [str(t) for t in tilesets],
-            "init": None if init is None else str(init),
-            "result": result.to_dict(),
-        },
-    )
-    return result
+    def finish(self) -> TrainResult:
+        """Publish the best model under its final name, with the full history (epochs after
+        the best included), remove the state, and write ``MODEL.train.json``."""
+        best_model, best_meta = load_model(self.best_path)
+        best_meta.history = self.history_before + self.history
+        save_model(best_model, best_meta, self.out)
+        self.best_path.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
+        result = self.result
+        result.history = self.history
+        result.epochs_run = len(self.history)
+        result.best_epoch = self.best_epoch
+        result.best = next((r for r in self.history if r["epoch"] == self.best_epoch), {})
+        result.images_per_s = round(self.seen / self.t_train, 2) if self.t_train else 0.0
+        result.seconds = round(time.perf_counter() - self.t_start, 2)
+        write_json_atomic(
+            sidecar(self.out, ".train.json"),
+            {
+                "kind": "rscrisis.train",
+                "rscrisis_version": __version__,
+                "config": self.config.model_dump(mode="json"),
+                "tilesets": [str(t) for t in self.tilesets],
+                "init": None if self.init is None else str(self.init),
+                "result": result.to_dict(),
+            },
+        )
+        return result
+
+
+def train(
+    tilesets: Sequence[str | Path],
+    out: str | Path,
+    *,
+    config: TrainConfig | None = None,
+    init: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: Progress = no_progress,
+    extra_training_meta: dict | None = None,
+) -> TrainResult:
+    """Train on labelled tile sets and write the best model to ``out`` (.safetensors)."""
+    config = config or TrainConfig()
+    out = Path(out)
+    _check_outputs(out, sidecar(out, ".state.pt"), overwrite, resume)
+    run = _EpochRun(tilesets, out, config, init, progress, extra_training_meta)
+    run.setup()
+    if resume:
+        run.resume()
+    for epoch in range(run.start_epoch, config.epochs):
+        row = run.epoch(epoch)
+        run.checkpoint(row, run.validate(row))
+        if run.replan(epoch, row):
+            break
+    return run.finish()
 
 
 # --------------------------------------------------------------------------------------------
@@ -615,7 +781,7 @@ def _rng_state(augment) -> dict:
     from rscrisis.ml.data import random_state
 
     py = random.getstate()
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state(legacy=True))
     return {
         "python": [py[0], list(py[1])],
         "numpy": [np_state[0], np_state[1].tolist(), *map(float, np_state[2:])],
@@ -706,8 +872,6 @@ def fit_steps(
     is fixed and ``check`` only reports before -> after.
     """
     device = device or torch.device("cpu")
-    amp = fast_dtype(device, plan.precision)
-    threshold = meta.threshold
     rng = np.random.default_rng(plan.seed)
     size = tile_size or meta.tile_size
     weights = draw_weights(new_has_buildings, plan.max_empty_share)
@@ -718,32 +882,27 @@ def fit_steps(
             round(plan.batch_size * plan.replay_ratio / (1 + plan.replay_ratio)),
         )
     n_new = plan.batch_size - n_replay
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
-    schedule = WarmupCosine(plan.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    ema = _Ema(model, plan.ema) if plan.ema > 0 else None
+    trainer = Trainer(
+        model,
+        lr=plan.lr,
+        weight_decay=plan.weight_decay,
+        total_steps=plan.steps,
+        device=device,
+        amp=fast_dtype(device, plan.precision),
+        threshold=meta.threshold,
+        iou_loss_weight=plan.iou_loss_weight,
+        frozen=frozen,
+        freeze_norm=freeze_norm,
+        ema=plan.ema,
+    )
 
     def score(state: dict | None = None) -> dict:
         if check is None or not len(check):
             return {}
-        if state is not None:
-            live = {k: v.clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(state)
-        loader = torch.utils.data.DataLoader(check, batch_size=plan.batch_size)
-        out = validate(model, loader, device, threshold, amp)
-        if state is not None:
-            model.load_state_dict(live)
-        return out
-
-    def set_train_mode() -> None:
-        model.train()
-        for m in frozen:
-            m.eval()
-        if freeze_norm:
-            for m in model.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+            check, batch_size=plan.batch_size
+        )
+        return trainer.validate(loader, state)
 
     before = score()
     best_score = before.get("val_iou", -math.inf) if select_on_check else -math.inf
@@ -755,38 +914,29 @@ def fit_steps(
     losses: list[tuple[float, float]] = []
     t_train, drawn_new, drawn_replay = 0.0, 0, 0
     for step in range(plan.steps):
-        set_train_mode()
+        trainer.train_mode()
         t0 = time.perf_counter()
         picks = [new[int(i)] for i in rng.choice(len(new), size=n_new, p=weights)]
         if n_replay:
+            assert replay is not None
             picks += [replay[int(i)] for i in rng.integers(0, len(replay), size=n_replay)]
         drawn_new += n_new
         drawn_replay += n_replay
         x, mask, valid = stack_items([_fit_to(item, size, rng) for item in picks], device)
-        seg_loss, iou_loss = batch_losses(
-            model, x, mask, valid, amp, LossOptions(), step / plan.steps, threshold
-        )
-        loss = seg_loss + plan.iou_loss_weight * iou_loss
-        check_finite(loss, f"step {step + 1}", plan.lr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update(model)
+        seg_loss, iou_loss = trainer.step(x, mask, valid, f"step {step + 1}")
+        losses.append((seg_loss, iou_loss))
         t_train += time.perf_counter() - t0
-        losses.append((seg_loss.item(), iou_loss.item()))
         last = step + 1 == plan.steps
         if (step + 1) % plan.eval_every == 0 or last:
             row = {
                 "step": step + 1,
                 "seg_loss": round(float(np.mean([a for a, _ in losses])), 5),
                 "iou_loss": round(float(np.mean([b for _, b in losses])), 5),
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": trainer.current_lr,
             }
             losses = []
             if select_on_check or last:
-                state = ema.state if ema is not None else None
+                state = trainer.ema.state if trainer.ema is not None else None
                 row.update({k: _round(v) for k, v in score(state).items()})
                 if select_on_check and row.get("val_iou", -math.inf) > best_score:
                     best_score = row["val_iou"]
@@ -796,11 +946,12 @@ def fit_steps(
                     chosen = f"step {step + 1}"
             history.append(row)
             log.info("fine-tuning %s", json.dumps(row))
-        progress(step + 1, plan.steps, f"step {step + 1}/{plan.steps} loss {seg_loss.item():.3f}")
+        progress(step + 1, plan.steps, f"step {step + 1}/{plan.steps} loss {seg_loss:.3f}")
     if select_on_check:
+        assert best_state is not None
         model.load_state_dict(best_state)
-    elif ema is not None:
-        model.load_state_dict(ema.state)
+    elif trainer.ema is not None:
+        model.load_state_dict(trainer.ema.state)
     model.eval()
     after = score()
     return StepFit(

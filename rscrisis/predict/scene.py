@@ -238,6 +238,7 @@ def _read_batches(
                 x_new = np.empty((len(bands), s, strip_w), np.float32)
                 normalise(data, valid, mean, std, out=x_new[:, keep:])
                 if keep:
+                    assert x_strip is not None and valid_strip is not None
                     x_new[:, :keep] = x_strip[:, s - keep :]
                     valid = np.concatenate([valid_strip[s - keep :], valid], axis=0)
                 x_strip, valid_strip, strip_end = x_new, valid, row_off + s
@@ -327,7 +328,8 @@ class _SceneWriter:
         )
         self.rows: list[dict] = []
         self.rows_written = 0
-        self.stitcher = StripStitcher(prep.plan, Rechunker(BLOCK, self._write_strip))
+        self.strips = Rechunker(BLOCK, self._write_strip)
+        self.stitcher = StripStitcher(prep.plan, self.strips)
 
     def handle(self, item) -> None:
         batch, probs, stats = item
@@ -382,7 +384,7 @@ class _SceneWriter:
 
     def finish(self) -> None:
         self.stitcher.finish()
-        self.stitcher.emit.flush()
+        self.strips.flush()
         self.polygons.finish()
         if self.config.prob_format == "uint8":
             self.prob_ds.scales = (1 / PROB_SCALE,)
@@ -447,7 +449,7 @@ def _infer(model, batch: _Batch, device, amp, views, channels_last: bool):
         "building_fraction": s4[:, 3],
         "valid_fraction": valid.flatten(1).float().mean(1),
     }
-    if res.agreement is not None:
+    if res.agreement is not None and res.spread is not None:
         w = valid.flatten(1).float()
         stats["tta_agreement"] = res.agreement
         stats["tta_spread"] = (res.spread.flatten(1) * w).sum(1) / w.sum(1).clamp_min(1)

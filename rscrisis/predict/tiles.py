@@ -114,7 +114,7 @@ def run_model(
             "mean_prob": stats4[:, 0],
             "max_prob": (prob * valid).flatten(1).amax(1),
         }
-        if out.agreement is not None:
+        if out.agreement is not None and out.spread is not None:
             stats["tta_agreement"] = out.agreement
             stats["tta_spread"] = _masked_mean(out.spread, valid)
         if mc_samples:
@@ -170,7 +170,9 @@ def prepare(
         table.dtype,
         cache=False,
     )
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False
+    )
     return model, meta, table, loader, device
 
 

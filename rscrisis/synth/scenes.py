@@ -30,9 +30,9 @@ from shapely import affinity
 from shapely.geometry import LineString, Polygon, box
 
 from rscrisis import __version__
-from rscrisis.config import SyntheticConfig
+from rscrisis.config import NoiseConfig, SyntheticConfig
 from rscrisis.errors import InputError
-from rscrisis.geo.label_noise import LabelNoise, apply_label_noise
+from rscrisis.geo.label_noise import apply_label_noise
 from rscrisis.io.outputs import atomic_path, claim_output_dir, write_json_atomic
 from rscrisis.io.raster import gtiff_profile
 
@@ -224,7 +224,7 @@ def render_scene(
     x0, y0 = style.origin
     transform = Affine(gsd, 0, x0, 0, -gsd, y0)
     bounds = (x0, y0 - h * gsd, x0 + w * gsd, y0)
-    img = np.empty((h, w, 3), np.float32)
+    img: np.ndarray = np.empty((h, w, 3), np.float32)
     ground = _fractal(rng, h, w, (160, 48, 12))
     tint = _fractal(rng, h, w, (220, 70))
     for k in range(3):
@@ -293,10 +293,10 @@ def render_scene(
         img = img * (1 - haze) + np.asarray((205, 208, 212), np.float32) * haze
     # optical blur (3x3 binomial) and sensor noise
     pad = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
-    k = np.array([1, 2, 1], np.float32) / 4
-    img = sum(k[i] * pad[i : i + h, 1:-1] for i in range(3))
+    kern = np.array([1, 2, 1], np.float32) / 4
+    img = kern[0] * pad[0:h, 1:-1] + kern[1] * pad[1 : 1 + h, 1:-1] + kern[2] * pad[2 : 2 + h, 1:-1]
     pad = np.pad(img, ((0, 0), (1, 1), (0, 0)), mode="edge")
-    img = sum(k[i] * pad[:, i : i + w] for i in range(3))
+    img = kern[0] * pad[:, 0:w] + kern[1] * pad[:, 1 : 1 + w] + kern[2] * pad[:, 2 : 2 + w]
     img = img + rng.normal(0, 3.5, img.shape).astype(np.float32)
     image = np.clip(img, 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
@@ -392,11 +392,11 @@ def generate_sample_data(
                 "gsd_m": config.gsd,
             }
             if style is AREA_A:
-                noise = LabelNoise(seed=config.seed)
+                noise = NoiseConfig(seed=config.seed)
                 noisy = apply_label_noise(truth, noise)
                 _write_vector(folder / "buildings_osm.gpkg", list(noisy.geometry), crs)
                 area["noisy_buildings"] = len(noisy)
-                area["noise"] = noise.to_dict()
+                area["noise"] = noise.model_dump(mode="json")
             summary["areas"][style.name] = area
         write_json_atomic(out / "sample_data.json", summary)
         (out / "README.md").write_text(

@@ -2,8 +2,9 @@ import geopandas as gpd
 import pytest
 from shapely.geometry import box
 
+from rscrisis.config import NoiseConfig
 from rscrisis.errors import InputError
-from rscrisis.geo.label_noise import LabelNoise, apply_label_noise
+from rscrisis.geo.label_noise import apply_label_noise
 from tests.conftest import UTM
 
 
@@ -20,7 +21,7 @@ def test_each_knob_does_what_it_says():
     clean = grid_of_buildings()
     dropped = apply_label_noise(
         clean,
-        LabelNoise(
+        NoiseConfig(
             drop=0.3, global_shift_m=(0, 0), jitter_m=0, buffer_std_m=0, simplify_m=0, false_blobs=0
         ),
     )
@@ -28,7 +29,7 @@ def test_each_knob_does_what_it_says():
     assert dropped.geometry.area.sum() == pytest.approx(100 * len(dropped))
     shifted = apply_label_noise(
         clean,
-        LabelNoise(
+        NoiseConfig(
             drop=0, global_shift_m=(2, -1), jitter_m=0, buffer_std_m=0, simplify_m=0, false_blobs=0
         ),
     )
@@ -36,7 +37,7 @@ def test_each_knob_does_what_it_says():
     assert shifted.total_bounds[1] - clean.total_bounds[1] == pytest.approx(-1)
     blobs = apply_label_noise(
         clean,
-        LabelNoise(
+        NoiseConfig(
             drop=0, global_shift_m=(0, 0), jitter_m=0, buffer_std_m=0, simplify_m=0, false_blobs=0.1
         ),
     )
@@ -45,11 +46,11 @@ def test_each_knob_does_what_it_says():
 
 def test_seeded_and_needs_metres():
     clean = grid_of_buildings(5)
-    a = apply_label_noise(clean, LabelNoise(seed=1))
-    b = apply_label_noise(clean, LabelNoise(seed=1))
+    a = apply_label_noise(clean, NoiseConfig(seed=1))
+    b = apply_label_noise(clean, NoiseConfig(seed=1))
     assert a.geometry.geom_equals_exact(b.geometry, 0).all()
     with pytest.raises(InputError, match="projected CRS"):
-        apply_label_noise(clean.to_crs(4326), LabelNoise())
+        apply_label_noise(clean.to_crs(4326), NoiseConfig())
 
 
 def test_noise_command_on_geographic_labels(invoke, tmp_path):
