@@ -29,7 +29,7 @@ def evaluate_command(
 ) -> None:
     """Pixel IoU / F1 / precision / recall, object F1 at IoU >= 0.5, and predicted-IoU
     calibration (Spearman rho, MAE) on labelled tile sets."""
-    from rscrisis.cli.console import print_json, progress_bar, stderr, verbosity
+    from rscrisis.cli.console import print_json, print_table, progress_bar, verbosity
     from rscrisis.predict.evaluate import evaluate
 
     level = verbosity(ctx, verbose, quiet)
@@ -40,25 +40,23 @@ def evaluate_command(
         )
     if json_output:
         print_json(result.to_dict())
-    if level >= 0:
-        from rich.table import Table
-
-        table = Table(title=f"{model} on {result.tiles} tiles")
-        for col in ("metric", "value"):
-            table.add_column(col)
-        px, ob = result.pixel, result.objects
-        cal, soft = result.pred_iou_calibration, result.soft_iou_calibration
-        for name, value in [
-            ("pixel IoU", px["iou"]),
-            ("pixel F1", px["f1"]),
-            ("precision", px["precision"]),
-            ("recall", px["recall"]),
-            ("object F1 (IoU>=0.5)", ob["f1"]),
-            ("mean tile IoU", result.mean_tile_iou),
-            ("pred. IoU Spearman", cal["spearman"]),
-            ("pred. IoU MAE", cal["mae"]),
-            ("soft IoU Spearman", soft["spearman"]),
-            ("soft IoU MAE", soft["mae"]),
-        ]:
-            table.add_row(name, f"{value:.3f}")
-        stderr.print(table)
+        return
+    px, ob = result.pixel, result.objects
+    cal, soft = result.pred_iou_calibration, result.soft_iou_calibration
+    rows = [
+        ("pixel IoU", px["iou"]),
+        ("pixel F1", px["f1"]),
+        ("precision", px["precision"]),
+        ("recall", px["recall"]),
+        ("object F1 (IoU>=0.5)", ob["f1"]),
+        ("mean tile IoU", result.mean_tile_iou),
+        ("pred. IoU Spearman", cal["spearman"]),
+        ("pred. IoU MAE", cal["mae"]),
+        ("soft IoU Spearman", soft["spearman"]),
+        ("soft IoU MAE", soft["mae"]),
+    ]
+    print_table(
+        ["metric", "value"],
+        [[name, f"{value:.3f}"] for name, value in rows],
+        title=f"{model} on {result.tiles} tiles",
+    )

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from rscrisis import __version__
 from rscrisis.cli.options import Quiet, Verbose
@@ -44,7 +45,23 @@ def _os_error(exc: OSError) -> tuple[str, int]:
     return f"{where}{reason}", EXIT_RUNTIME
 
 
-class RscrisisGroup(TyperGroup):
+class _PlainHelp:
+    """``--help`` as plain text when stdout is not a terminal (rscrisis.cli.plain_help)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from rscrisis.cli import plain_help
+
+        if plain_help.wants_plain():
+            formatter.write(plain_help.render(self, ctx))
+        else:
+            super().format_help(ctx, formatter)  # type: ignore[misc]
+
+
+class RscrisisCommand(_PlainHelp, TyperCommand):
+    """Every rscrisis command: typer's, with plain help in pipes and logs."""
+
+
+class RscrisisGroup(_PlainHelp, TyperGroup):
     """Maps library exceptions to exit codes for every subcommand."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
@@ -118,7 +135,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -129,6 +146,57 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def versions() -> dict[str, str]:
+    """What a bug report needs: rscrisis, Python and the platform, the libraries that do the
+    work (torch and its CUDA, GDAL, PROJ, GEOS) and how many threads torch uses."""
+    import platform
+    from importlib import metadata
+
+    found = {
+        "rscrisis": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    for dist in ("numpy", "pydantic", "typer", "rasterio", "pyproj", "shapely", "geopandas",
+                 "pyogrio", "torch", "segmentation-models-pytorch", "albumentations",
+                 "safetensors", "scipy", "matplotlib"):  # fmt: skip
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    import pyproj
+    import rasterio
+    import shapely
+
+    found["gdal"] = rasterio.__gdal_version__
+    found["proj"] = pyproj.proj_version_str
+    found["geos"] = shapely.geos_version_string
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return found
+    found["torch threads"] = str(torch.get_num_threads())
+    found["cuda"] = (
+        f"{torch.version.cuda} ({torch.cuda.device_count()} device(s): "
+        f"{', '.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))})"
+        if torch.cuda.is_available()
+        else f"not available (torch built with CUDA {torch.version.cuda or 'none'})"
+    )
+    from rscrisis.ml.device import cpu_has_native_bf16
+
+    # what --precision auto picks on this CPU (scene predict, finetune, adapt)
+    found["cpu native bf16"] = "yes (AVX512-BF16 or AMX)" if cpu_has_native_bf16() else "no"
+    return found
+
+
+def _show_versions(value: bool) -> None:
+    if value:
+        width = max(len(k) for k in versions())
+        for key, text in versions().items():
+            typer.echo(f"{key.ljust(width)}  {text}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -136,6 +204,16 @@ def main(
         bool,
         typer.Option(
             "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    show_versions: Annotated[
+        bool,
+        typer.Option(
+            "--show-versions",
+            callback=_show_versions,
+            is_eager=True,
+            help="Print the versions of rscrisis, Python, torch (with CUDA and threads), GDAL, "
+            "PROJ, GEOS and the other libraries, for a bug report, and exit.",
         ),
     ] = False,
     verbose: Verbose = 0,
@@ -163,24 +241,34 @@ def _register() -> None:
         train,
     )
 
-    app.command("tile", no_args_is_help=True)(tile.tile_command)
-    app.command("train", no_args_is_help=True)(train.train_command)
-    app.command("pretrain", no_args_is_help=True)(train.pretrain_command)
-    app.command("predict", no_args_is_help=True)(predict.predict_command)
-    app.command("rank", no_args_is_help=True)(rank.rank_command)
-    app.command("adapt", no_args_is_help=True)(adapt.adapt_command)
-    app.command("finetune", no_args_is_help=True)(finetune.finetune_command)
-    app.command("evaluate", no_args_is_help=True)(evaluate.evaluate_command)
-    app.command("info", no_args_is_help=True)(models.info_command)
-    app.command("models")(models.models_command)
-    app.command("simulate", no_args_is_help=True)(simulate.simulate_command)
-    app.command("noise", no_args_is_help=True)(noise.noise_command)
-    app.command("sample-data")(sample_data.sample_data_command)
+    # name, the function, its one-line summary (the command list of rscrisis --help)
+    commands: list[tuple[str, Callable[..., Any], str]] = [
+        ("tile", tile.tile_command, "Cut GeoTIFF scenes (+ footprints) into a tile set."),
+        ("train", train.train_command, "Train the U-Net and IoU head on labelled tile sets."),
+        ("pretrain", train.pretrain_command, "Train on noisy (OSM) labels, noise-robust defaults."),
+        ("predict", predict.predict_command, "Predict tile sets, or map a whole scene."),
+        ("rank", rank.rank_command, "Rank predicted tiles and export an annotation batch."),
+        ("adapt", adapt.adapt_command, "Adapt a model to a new area's unlabelled tiles."),
+        ("finetune", finetune.finetune_command, "Fine-tune a model on corrected batches."),
+        ("evaluate", evaluate.evaluate_command, "Score a model on labelled tile sets."),
+        ("info", models.info_command, "Print a model file's metadata."),
+        ("models", models.models_command, "List the encoders --encoder accepts."),
+        ("simulate", simulate.simulate_command, "Replay the annotation loop with an oracle."),
+        ("noise", noise.noise_command, "Write a copy of footprints with OSM-like noise."),
+        ("sample-data", sample_data.sample_data_command, "Generate the synthetic sample data."),
+    ]
+    for name, function, summary in commands:
+        # a command that needs inputs prints its help when called bare; models and
+        # sample-data run with no argument
+        bare_is_help = name not in ("models", "sample-data")
+        app.command(name, no_args_is_help=bare_is_help, cls=RscrisisCommand, short_help=summary)(
+            function
+        )
 
 
 _register()
 
 
 def run() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (also ``python -m rscrisis``, which names itself rscrisis)."""
+    app(prog_name="rscrisis")

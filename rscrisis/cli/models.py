@@ -17,24 +17,22 @@ def info_command(
     quiet: Quiet = False,
 ) -> None:
     """Print a model file's metadata (architecture, bands, normalisation, training)."""
-    from rscrisis.cli.console import print_json, stderr, verbosity
-    from rscrisis.ml.model import read_meta
-    from rscrisis.predict.tiles import model_summary
+    from rscrisis.cli.console import print_fields, print_json, verbosity
+    from rscrisis.io.model_file import model_summary, read_meta
 
     verbosity(ctx, verbose, quiet)
     summary = model_summary(read_meta(model))
     if json_output:
         print_json(summary)
         return
-    for key, value in summary.items():
-        stderr.print(f"[bold]{key}[/bold]: {value}", highlight=False, soft_wrap=True)
+    print_fields(summary)
 
 
 def models_command(
     ctx: typer.Context, json_output: JsonOutput = False, verbose: Verbose = 0, quiet: Quiet = False
 ) -> None:
     """List the encoders --encoder accepts, with parameter counts (3 input bands)."""
-    from rscrisis.cli.console import print_json, stderr, verbosity
+    from rscrisis.cli.console import print_json, print_table, verbosity
     from rscrisis.ml.model import DEFAULT_ENCODER, ENCODERS, BuildingSegmenter, count_parameters
 
     verbosity(ctx, verbose, quiet)
@@ -53,17 +51,15 @@ def models_command(
     if json_output:
         print_json(rows)
         return
-    from rich.table import Table
-
-    table = Table()
-    for col in ("encoder", "parameters", "encoder only", "note"):
-        table.add_column(col)
-    for r in rows:
-        mark = " (default)" if r["default"] else ""
-        table.add_row(
-            r["encoder"] + mark,
-            f"{r['parameters'] / 1e6:.1f} M",
-            f"{r['encoder_parameters'] / 1e6:.1f} M",
-            r["note"],
-        )
-    stderr.print(table)
+    print_table(
+        ["encoder", "parameters", "encoder only", "note"],
+        [
+            [
+                r["encoder"] + (" (default)" if r["default"] else ""),
+                f"{r['parameters'] / 1e6:.1f} M",
+                f"{r['encoder_parameters'] / 1e6:.1f} M",
+                r["note"],
+            ]
+            for r in rows
+        ],
+    )

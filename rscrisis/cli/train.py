@@ -37,7 +37,8 @@ def _train(
     """Train the U-Net + predicted-IoU head on labelled tile sets (masks: 255 = ignore).
 
     Validation tiles are held out in spatial blocks with a one-tile buffer; the best epoch
-    (validation pixel IoU) is kept. Beside MODEL: MODEL.history.csv and MODEL.train.json.
+    (validation pixel IoU) is kept. Beside MODEL: MODEL.history.csv, MODEL.history.png and
+    MODEL.train.json.
     """
     from rscrisis.cli.console import print_json, progress_bar, say, verbosity
     from rscrisis.ml.training import train

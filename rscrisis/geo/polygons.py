@@ -394,7 +394,10 @@ class BuildingLayer:
         """Write what is buffered and move the files into place; returns the building count."""
         import os
 
+        from rscrisis.io.styles import add_style, outlines
+
         self._flush()
+        add_style(self.tmp_gpkg, "buildings", outlines(), "outlines", "buildings as red outlines")
         os.replace(self.tmp_gpkg, self.gpkg)
         if self._json is not None:
             self._json.write("\n]\n}\n")

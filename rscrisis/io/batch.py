@@ -39,6 +39,7 @@ TASKS = "tasks"
 LABEL_STUDIO = "labelstudio.json"
 LABEL_STUDIO_CONFIG = "labelstudio.xml"
 LABELS = "labels"
+OVERVIEW = "overview.png"
 PRODUCTS = (
     README,
     MANIFEST,
@@ -49,6 +50,7 @@ PRODUCTS = (
     TASKS,
     LABEL_STUDIO,
     LABEL_STUDIO_CONFIG,
+    OVERVIEW,
 )
 IMAGE = "image.tif"
 EDIT_GPKG = "buildings.gpkg"

@@ -35,6 +35,10 @@ PRODUCTS = (IMAGES, MASKS, INDEX, MANIFEST)
 MASK_BACKGROUND = 0
 MASK_BUILDING = 1
 MASK_IGNORE = 255
+#: how QGIS draws a mask (its colour table): buildings red on white; nodata is the band's nodata
+#: value, so it stays transparent (a TIFF palette holds no alpha)
+MASK_COLOURS = {0: (255, 255, 255, 255), 1: (227, 26, 28, 255), 255: (0, 0, 0, 255)}
+MASK_DESCRIPTION = "building mask: 1 = building, 0 = background, 255 = nodata"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from rscrisis.io.batch import (
     IMAGE,
     LABEL_STUDIO,
     LABEL_STUDIO_CONFIG,
+    OVERVIEW,
     PRODUCTS,
     RANKING_CSV,
     RANKING_GPKG,
@@ -44,6 +45,7 @@ from rscrisis.io.batch import (
 from rscrisis.io.names import child
 from rscrisis.io.outputs import atomic_path, claim_output_dir, write_csv_atomic, write_json_atomic
 from rscrisis.io.raster import open_raster, read_raster
+from rscrisis.io.styles import YELLOW_TO_RED, add_style, graduated
 from rscrisis.io.vector import read_osm, write_osm
 from rscrisis.loop.ranking import REQUIRED, Spacing, priority, select
 from rscrisis.progress import Progress, no_progress
@@ -243,6 +245,7 @@ def rank(
             tasks_meta.append(_export_task(pred, row, out, config))
             progress(n + 1, len(ranking))
         _write_tables(ranking, out)
+        _write_overview(ranking, cand, out, config)
         write_status(
             out / STATUS,
             [Task(r.task, r.tile_id, int(r.rank), "todo") for r in ranking.itertuples(index=False)],
@@ -372,6 +375,31 @@ def _reread(path: Path):
     return gpd.read_file(path, engine="pyogrio")
 
 
+def _write_overview(ranking, candidates, out: Path, config: RankConfig) -> None:
+    """``overview.png``: the batch's chips with the model's outlines, and where they lie."""
+    import geopandas as gpd
+
+    from rscrisis.io.pictures import batch_overview
+
+    layout = BatchLayout(out)
+    chips = []
+    for row in ranking.itertuples(index=False):
+        task_dir = layout.task_dir(row.task)
+        chips.append(
+            {
+                "rank": int(row.rank),
+                "image": task_dir / IMAGE,
+                "buildings": gpd.read_file(task_dir / EDIT_GPKG, engine="pyogrio"),
+            }
+        )
+    title = (
+        f"{out.name}: {len(ranking)} tasks by {config.formula} (diversity {config.diversity}); "
+        "cyan outlines: the model's buildings to correct"
+    )
+    batch_overview(chips, candidates[["geometry"]], ranking[["rank", "geometry"]], out / OVERVIEW,
+                   title)  # fmt: skip
+
+
 def _write_tables(ranking, out: Path) -> None:
     cols = [c for c in ranking.columns if c != "geometry"]
     front = ["rank", "task", "tile_id", "score"]
@@ -379,6 +407,10 @@ def _write_tables(ranking, out: Path) -> None:
     ranking = ranking[[*ordered, "geometry"]]
     with atomic_path(out / RANKING_GPKG) as tmp:
         ranking.to_file(tmp, layer="ranking", driver="GPKG", engine="pyogrio")
+        top = max(float(ranking["score"].max()), 1e-9) if len(ranking) else 1.0
+        classes = [top * k / 5 for k in range(5)] + [top * 1.0001]
+        add_style(tmp, "ranking", graduated("score", classes, YELLOW_TO_RED), "priority",
+                  "tasks coloured by their priority score (red: first)")  # fmt: skip
     rows = ranking.drop(columns="geometry").to_dict(orient="records")
     write_csv_atomic(out / RANKING_CSV, rows)
     grid = ranking[["rank", "task", "tile_id", "score", "geometry"]].assign(status="todo")

@@ -618,6 +618,10 @@ class _EpochRun:
     def finish(self) -> TrainResult:
         """Publish the best model under its final name, with the full history (epochs after
         the best included), remove the state, and write ``MODEL.train.json``."""
+        from rscrisis.io.pictures import history_plot
+
+        title = f"{self.out.name}: training ({len(self.history)} epochs, best {self.best_epoch})"
+        history_plot(self.history, sidecar(self.out, ".history.png"), title)
         best_model, best_meta = load_model(self.best_path)
         best_meta.history = self.history_before + self.history
         save_model(best_model, best_meta, self.out)

@@ -35,7 +35,8 @@ from rscrisis.ml.metrics import (
 )
 from rscrisis.progress import Progress, no_progress
 
-PRODUCTS = ("evaluation.json", "per_tile.csv")
+CALIBRATION = "calibration.png"
+PRODUCTS = ("evaluation.json", "per_tile.csv", CALIBRATION)
 
 
 @dataclass
@@ -135,6 +136,14 @@ def evaluate(
         out = Path(out)
         with claim_output_dir(out, PRODUCTS, overwrite=overwrite):
             write_csv_atomic(out / "per_tile.csv", rows)
+            from rscrisis.io.pictures import calibration_plot
+
+            calibration_plot(
+                rows,
+                {"pred_iou": result.pred_iou_calibration, "soft_iou": result.soft_iou_calibration},
+                out / CALIBRATION,
+                f"{Path(model_path).name} on {len(rows)} tiles: predicted against true IoU",
+            )
             write_json_atomic(
                 out / "evaluation.json",
                 {

@@ -12,7 +12,12 @@ Outputs (docs/design.md "scene outputs"), all in the scene's CRS, on the grid th
       windows.gpkg      layer "windows": per inference window (its core cell) the predicted IoU,
                         expected IoU, entropy, building and valid fractions, and with --tta the
                         agreement of the 8 views: where the map is least trustworthy
+      quicklook.png     the imagery with the buildings outlined and the windows shaded by
+                        predicted IoU
       predict.json      resolved config, model, grid, timings
+
+The mask has a colour table and both maps band descriptions; the GeoPackages carry QGIS
+styles (rscrisis.io.styles): buildings as outlines, windows coloured by predicted IoU.
 
 The pipeline: a reader thread reads one strip of window rows at a time (only the part inside
 the scene; a resampling WarpedVRT when the scene's resolution differs from the model's),
@@ -54,7 +59,8 @@ from rscrisis.io.raster import (
     read_padded,
     target_grid,
 )
-from rscrisis.io.tileset import MASK_IGNORE
+from rscrisis.io.styles import IOU_CLASSES, RED_TO_GREEN, add_style, graduated
+from rscrisis.io.tileset import MASK_COLOURS, MASK_DESCRIPTION, MASK_IGNORE
 from rscrisis.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
@@ -64,8 +70,9 @@ MASK = "mask.tif"
 BUILDINGS = "buildings.gpkg"
 BUILDINGS_JSON = "buildings.geojson"
 WINDOWS = "windows.gpkg"
+QUICKLOOK = "quicklook.png"
 MANIFEST = "predict.json"
-PRODUCTS = (PROBABILITY, MASK, BUILDINGS, BUILDINGS_JSON, WINDOWS, MANIFEST)
+PRODUCTS = (PROBABILITY, MASK, BUILDINGS, BUILDINGS_JSON, WINDOWS, QUICKLOOK, MANIFEST)
 #: rows per written strip = intermediate GeoTIFF block side: memory per strip scales with it
 BLOCK = 256
 #: block side of the final COGs
@@ -393,6 +400,9 @@ class _SceneWriter:
         else:
             self.prob_ds.update_tags(1, meaning="building probability; NaN = nodata")
         self.mask_ds.update_tags(1, meaning="1 = building, 0 = background, 255 = nodata")
+        self.mask_ds.set_band_description(1, MASK_DESCRIPTION)
+        self.mask_ds.write_colormap(1, MASK_COLOURS)
+        self.prob_ds.set_band_description(1, "building probability")
         self.close()
 
     def close(self) -> None:
@@ -472,6 +482,8 @@ def _write_products(writer: _SceneWriter, prep: _Prepared, out: Path, config: Sc
     )
     with atomic_path(out / WINDOWS) as tmp:
         windows.to_file(tmp, layer="windows", driver="GPKG", engine="pyogrio")
+        add_style(tmp, "windows", graduated("pred_iou", IOU_CLASSES, RED_TO_GREEN), "pred_iou",
+                  "windows coloured by predicted IoU (red: poor, green: good)")  # fmt: skip
     return buildings, windows
 
 
@@ -537,6 +549,15 @@ def predict_scene(
                 t_loop = time.perf_counter()
                 writer.finish()
                 buildings, windows = _write_products(writer, prep, out, config)
+                from rscrisis.io.pictures import scene_quicklook
+
+                with open_grid(prep.info, prep.grid) as ds:
+                    title = (
+                        f"{prep.info.name}: {buildings} buildings (cyan outlines); windows "
+                        "shaded by predicted IoU"
+                    )
+                    picture = out / QUICKLOOK
+                    scene_quicklook(ds, prep.info.bands, out / MASK, windows, picture, title)
                 products_s = time.perf_counter() - t_loop
             finally:
                 writer.cleanup()

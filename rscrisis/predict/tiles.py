@@ -42,6 +42,13 @@ from rscrisis.config import PredictConfig
 from rscrisis.io.names import child
 from rscrisis.io.outputs import atomic_path, claim_output_dir, write_json_atomic
 from rscrisis.io.raster import PROB_NODATA, PROB_SCALE, one_band_profile, read_raster
+from rscrisis.io.styles import (
+    PRIORITY_CLASSES,
+    PRIORITY_EXPRESSION,
+    YELLOW_TO_RED,
+    add_style,
+    graduated,
+)
 from rscrisis.ml.calibration import FEATURES, IoUCalibrator
 from rscrisis.ml.data import TileDataset, load_tiles
 from rscrisis.ml.device import autocast_dtype, resolve_device
@@ -185,6 +192,7 @@ def _write_prob(path: Path, prob: np.ndarray, valid: np.ndarray, like: str) -> N
         dst.scales = (1 / PROB_SCALE,)
         dst.offsets = (0.0,)
         dst.update_tags(1, meaning="building probability = value / 254; 255 = nodata")
+        dst.set_band_description(1, "building probability")
 
 
 def read_prob(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -279,6 +287,9 @@ def predict_tiles(
         scores = gpd.GeoDataFrame(rows, geometry="geometry", crs=frame.crs)
         with atomic_path(out / SCORES) as tmp:
             scores.to_file(tmp, layer=SCORES_LAYER, driver="GPKG", engine="pyogrio")
+            add_style(tmp, SCORES_LAYER, graduated(PRIORITY_EXPRESSION, PRIORITY_CLASSES,
+                      YELLOW_TO_RED), "priority", "tiles coloured by the default annotation "
+                      "priority, entropy-iou (red: annotate first)")  # fmt: skip
         result = PredictResult(
             out=str(out),
             tiles=n,
@@ -309,15 +320,3 @@ def predict_tiles(
 def model_calibrator(meta: ModelMeta) -> IoUCalibrator:
     """The IoU calibrator a model carries (fitted by finetune), or the prior without one."""
     return IoUCalibrator.from_dict(meta.training.get("iou_calibrator"), meta.threshold)
-
-
-def model_summary(meta: ModelMeta) -> dict:
-    """What ``rscrisis info`` prints (history shortened to its best and last epochs)."""
-    d = asdict(meta)
-    hist = d.pop("history")
-    samples = d["training"].pop("calibration_samples", None)
-    if samples is not None:  # one row per corrected tile: a count is what a reader needs
-        d["training"]["calibration_samples"] = len(samples)
-    d["epochs_trained"] = len(hist)
-    d["last_epoch"] = hist[-1] if hist else None
-    return d

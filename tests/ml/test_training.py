@@ -87,6 +87,7 @@ def test_resume_after_interruption_is_bit_identical(tiny_tiles, tmp_path):
         assert torch.equal(x, y), k
     assert sorted(p.name for p in tmp_path.glob("r*")) == [
         "r.history.csv",
+        "r.history.png",
         "r.safetensors",
         "r.train.json",
     ]

@@ -1,0 +1,44 @@
+"""``rscrisis --show-versions`` for bug reports, and shell completion (issue 16)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def test_show_versions_names_what_a_bug_report_needs(invoke):
+    r = invoke("--show-versions")
+    assert r.exit_code == 0, r.stderr
+    fields = dict(line.split(None, 1) for line in r.stdout.splitlines() if "  " in line)
+    for key in ("rscrisis", "python", "torch", "gdal", "proj", "geos", "rasterio", "numpy"):
+        assert key in fields and fields[key].strip(), key
+    assert "torch threads" in r.stdout and "cuda" in r.stdout
+    import rasterio
+
+    assert fields["gdal"].strip() == rasterio.__gdal_version__
+
+
+def _complete(words: str, cword: int) -> list[str]:
+    env = {**os.environ, "_RSCRISIS_COMPLETE": "complete_bash", "COMP_WORDS": words,
+           "COMP_CWORD": str(cword)}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", "from rscrisis.cli.main import run; run()"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_bash_completion_knows_commands_options_and_choices():
+    assert "train" in _complete("rscrisis tra", 1)
+    assert "--freeze-norm" in _complete("rscrisis finetune --freeze-n", 2)
+    assert _complete("rscrisis train --device ", 3) == ["auto", "cpu", "cuda"]
+
+
+def test_the_completion_script_is_printed_for_bash(invoke):
+    r = invoke("--show-completion", "bash")
+    assert r.exit_code == 0 and "_rscrisis_completion" in r.stdout

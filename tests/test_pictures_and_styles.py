@@ -1,0 +1,121 @@
+"""Pictures and QGIS-ready outputs (issue 16): every PNG opens, has its size and is not blank;
+the scene mask has a colour table and band descriptions; the GeoPackages carry QGIS styles."""
+
+from __future__ import annotations
+
+import sqlite3
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+
+from rscrisis.config import PredictConfig, RankConfig, SceneConfig
+from rscrisis.io.tileset import MASK_COLOURS
+
+
+def assert_picture(path, min_size=(400, 250), ink=0.02):
+    """A PNG of at least ``min_size`` with at least ``ink`` of its pixels drawn (neither white
+    nor black): charts are mostly paper, imagery mostly not."""
+    assert path.exists(), path
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.size[0] >= min_size[0] and im.size[1] >= min_size[1], im.size
+        grey = np.asarray(im.convert("L"), float)
+    assert grey.std() > 8, f"{path.name} looks blank (std {grey.std():.1f})"
+    drawn = ((grey > 15) & (grey < 240)).mean()
+    assert drawn > ink, f"{path.name}: only {drawn:.1%} drawn"
+
+
+def styles(gpkg):
+    with sqlite3.connect(gpkg) as db:
+        rows = db.execute(
+            "SELECT f_table_name, styleName, styleQML, useAsDefault FROM layer_styles"
+        ).fetchall()
+        registered = db.execute(
+            "SELECT data_type FROM gpkg_contents WHERE table_name = 'layer_styles'"
+        ).fetchone()
+    assert registered == ("attributes",)
+    return {name: (style, ET.fromstring(qml.split("\n", 1)[1]), default) for name, style, qml,
+            default in rows}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scene_map(tiny_model, tiny_tiles, tmp_path_factory):
+    from rscrisis.predict.scene import predict_scene
+
+    out = tmp_path_factory.mktemp("map") / "map"
+    scene = tiny_tiles.parent / "sd" / "area_b" / "area_b.tif"
+    predict_scene(tiny_model, scene, out, config=SceneConfig(window=64, threads=1))
+    return out
+
+
+def test_scene_quicklook_and_qgis_ready_maps(scene_map):
+    assert_picture(scene_map / "quicklook.png", ink=0.3)
+    with rasterio.open(scene_map / "mask.tif") as ds:
+        table = ds.colormap(1)
+        assert ds.descriptions[0].startswith("building mask")
+    for value, colour in MASK_COLOURS.items():
+        assert table[value][:3] == colour[:3]  # GDAL gives the nodata entry alpha 0
+    with rasterio.open(scene_map / "probability.tif") as ds:
+        assert ds.descriptions[0] == "building probability"
+    windows = styles(scene_map / "windows.gpkg")
+    _, qml, default = windows["windows"]
+    renderer = qml.find("renderer-v2")
+    assert default == 1 and renderer.get("type") == "graduatedSymbol"
+    assert renderer.get("attr") == "pred_iou" and len(renderer.find("ranges")) == 5
+    buildings = styles(scene_map / "buildings.gpkg")
+    layer = buildings["buildings"][1].find(".//layer")
+    assert layer.get("class") == "SimpleLine"  # outlines, no fill
+    import pyogrio
+
+    # the style table is not a feature layer: readers asked for the layer get it unchanged
+    assert pyogrio.read_info(scene_map / "buildings.gpkg", layer="buildings")["features"] >= 0
+
+
+def test_prediction_set_scores_are_styled_by_priority(tiny_pred):
+    style, qml, _ = styles(tiny_pred / "scores.gpkg")["scores"]
+    assert style == "priority" and "mean_entropy" in qml.find("renderer-v2").get("attr")
+
+
+def test_rank_writes_an_overview_and_a_styled_ranking(tiny_pred, tmp_path):
+    from rscrisis.loop.export import rank
+
+    rank(tiny_pred, tmp_path / "b", config=RankConfig(top=4))
+    assert_picture(tmp_path / "b" / "overview.png", min_size=(800, 300), ink=0.15)
+    assert (
+        styles(tmp_path / "b" / "ranking.gpkg")["ranking"][1].find("renderer-v2").get("attr")
+        == "score"
+    )
+
+
+def test_evaluate_writes_a_calibration_scatter(tiny_model, tiny_tiles, tmp_path):
+    from rscrisis.predict.evaluate import evaluate
+
+    evaluate(tiny_model, [tiny_tiles], out=tmp_path / "e", config=PredictConfig(threads=1))
+    assert_picture(tmp_path / "e" / "calibration.png", min_size=(700, 350))
+
+
+def test_train_writes_its_history_picture(tiny_model):
+    assert_picture(tiny_model.with_name("tiny.history.png"), min_size=(700, 300))
+
+
+def test_simulate_plot_has_its_gain_panel(tmp_path):
+    from rscrisis.config import SimulateConfig
+    from rscrisis.loop.simulate import CEILING, START, _with_shared_rounds, plot
+
+    rng = np.random.default_rng(0)
+    rows = [{"seed": -1, "formula": START, "round": -1, "labelled": 0, "test_iou": 0.3}]
+    formulas = ("random", "entropy", "entropy-iou+coreset")
+    for seed in range(3):
+        rows.append({"seed": seed, "formula": CEILING, "round": -1, "labelled": 40,
+                     "test_iou": 0.7})  # fmt: skip
+        for k, f in enumerate(formulas):
+            for r, n in enumerate((4, 8, 12)):
+                iou = 0.3 + 0.3 * (1 - np.exp(-n / (6 - k))) + rng.normal(0, 0.01)
+                rows.append({"seed": seed, "formula": f, "round": r, "labelled": n,
+                             "test_iou": iou})  # fmt: skip
+    rows = _with_shared_rounds(rows, SimulateConfig(formulas=formulas, seeds=(0, 1, 2)))
+    plot(rows, formulas, tmp_path / "curves.png")
+    assert_picture(tmp_path / "curves.png", min_size=(1400, 500))
