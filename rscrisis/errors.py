@@ -82,3 +82,12 @@ class ProcessingError(RscrisisError):
 
 class TrainingDivergedError(ProcessingError):
     """The training loss became NaN or infinite; nothing is saved."""
+
+
+class ScenesFailedError(RscrisisError):
+    """Some scenes of a multi-scene run failed; the others are complete. Exit 2 when every
+    failure was bad input, 1 otherwise."""
+
+    def __init__(self, message: str, *, bad_input: bool, **kw):
+        self.exit_code = EXIT_BAD_INPUT if bad_input else EXIT_RUNTIME
+        super().__init__(message, **kw)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from rscrisis.cli.configured import Options, Spell, configured
-from rscrisis.cli.options import JsonOutput, ModelPath, OutDir, Overwrite, Quiet, Verbose
+from rscrisis.cli.options import JsonOutput, ModelPath, OutDir, Overwrite, Quiet, Resume, Verbose
 from rscrisis.config import PredictConfig, SceneConfig
 
 SCENE = "Whole scene (a raster input)"
@@ -38,13 +38,25 @@ def predict_command(
     inputs: Annotated[
         list[str],
         typer.Argument(
-            help="Tile set folders (made by rscrisis tile), or ONE scene: a GeoTIFF/VRT (sidecar "
-            "georeferencing and geographic CRSs welcome), a folder holding one, or a glob."
+            help="Tile set folders (made by rscrisis tile), or scenes: GeoTIFF/VRT files "
+            "(sidecar georeferencing and geographic CRSs welcome), folders of them, quoted "
+            "globs, or a .txt file listing paths or GDAL URLs (/vsicurl/...). One scene maps "
+            "into --out; several into --out/scenes/<scene>/ with mosaics over all."
         ),
     ],
     out: OutDir,
     options: Options,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the scenes are mapped: absent, in this process; local or local:N, a "
+            "Dask LocalCluster of N worker processes; tcp://host:port, a running Dask "
+            "scheduler (see README: on a cluster).",
+            metavar="WHERE",
+        ),
+    ] = None,
     overwrite: Overwrite = False,
+    resume: Resume = False,
     json_output: JsonOutput = False,
     verbose: Verbose = 0,
     quiet: Quiet = False,
@@ -69,10 +81,20 @@ def predict_command(
     if tilesets:
         from rscrisis.predict.tiles import predict_tiles
 
+        if resume:
+            raise InputError(
+                "--resume applies to scenes; a prediction set is redone with --overwrite"
+            )
         config = options.resolve(PredictConfig)
         with progress_bar("predicting tiles", enabled=level >= 0) as progress:
             result = predict_tiles(
-                model, tilesets, out, config=config, overwrite=overwrite, progress=progress
+                model,
+                tilesets,
+                out,
+                config=config,
+                overwrite=overwrite,
+                progress=progress,
+                scheduler=scheduler,
             )
         if json_output:
             print_json(result.to_dict())
@@ -82,11 +104,12 @@ def predict_command(
             level,
         )
         return
-    if len(inputs) != 1:
-        raise InputError(
-            f"got {len(inputs)} scenes; predict maps one scene at a time",
-            hint="mosaic them first (gdalbuildvrt mosaic.vrt *.tif) or tile them",
-        )
+    from rscrisis.predict.many import expand_scenes
+
+    scenes = expand_scenes(list(inputs))
+    if len(scenes) > 1 or scheduler or resume:
+        _predict_many(model, scenes, out, options, scheduler, overwrite, resume, json_output, level)
+        return
     if options.given.get("mc_samples"):
         raise InputError(
             "--mc-samples applies to tile sets; for a scene use --tta, whose disagreement "
@@ -104,7 +127,7 @@ def predict_command(
     scene_config = options.resolve(SceneConfig)
     with progress_bar("predicting scene", enabled=level >= 0) as progress:
         scene_result = predict_scene(
-            model, inputs[0], out, config=scene_config, overwrite=overwrite, progress=progress
+            model, scenes[0], out, config=scene_config, overwrite=overwrite, progress=progress
         )
     if json_output:
         print_json(scene_result.to_dict())
@@ -113,3 +136,48 @@ def predict_command(
         f"({scene_result.megapixels_per_s:.2f} Mpx/s); {scene_result.buildings} buildings",
         level,
     )
+
+
+def _predict_many(model, scenes, out, options, scheduler, overwrite, resume, json_output, level):
+    """Several scenes (rscrisis.predict.many): one task each, in this process or on Dask."""
+    import os
+
+    from rscrisis.cli.console import print_json, progress_bar, say
+    from rscrisis.errors import ScenesFailedError
+    from rscrisis.predict.many import predict_scenes
+
+    if options.given.get("mc_samples"):
+        from rscrisis.errors import InputError
+
+        raise InputError("--mc-samples applies to tile sets; for scenes use --tta")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    with progress_bar("predicting scenes", enabled=level >= 0) as progress:
+        result = predict_scenes(
+            model,
+            scenes,
+            out,
+            config=options.resolve(SceneConfig),
+            scheduler=scheduler,
+            overwrite=overwrite,
+            resume=resume,
+            progress=progress,
+        )
+    if json_output:
+        print_json(result.to_dict())
+    say(
+        f"{result.done} of {result.scenes} scenes mapped into {out} ({result.resumed} resumed, "
+        f"{result.failed} failed) on {result.scheduler} in {result.seconds:.1f} s; "
+        f"{result.buildings} buildings",
+        level,
+    )
+    if result.failed:
+        failed = [r for r in result.records if r["status"] == "failed"]
+        first = failed[0]
+        raise ScenesFailedError(
+            f"{result.failed} of {result.scenes} scenes failed (first, {first['scene_id']}: "
+            f"{first['reason']})",
+            path=Path(out) / "scenes.gpkg",
+            hint="the other scenes are complete; fix or drop the failed ones and rerun with "
+            "--resume",
+            bad_input=all(r.get("bad_input") for r in failed),
+        )

@@ -34,6 +34,15 @@ def tile_command(
     ],
     out: OutDir,
     options: Options,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the scenes are cut: absent, in this process; local or local:N, a Dask "
+            "LocalCluster of N worker processes; tcp://host:port, a running Dask scheduler. "
+            "The tile set is the same.",
+            metavar="WHERE",
+        ),
+    ] = None,
     labels: Annotated[
         list[Path] | None,
         typer.Option(
@@ -69,6 +78,7 @@ def tile_command(
             overwrite=overwrite,
             resume=resume,
             progress=progress,
+            scheduler=scheduler,
         )
     if json_output:
         print_json(result.to_dict())

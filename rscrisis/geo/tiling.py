@@ -511,6 +511,61 @@ class _SceneTiler:
         return done
 
 
+def tile_scene(
+    plan: ScenePlan,
+    out: str,
+    labels: Labels | None,
+    config: TileConfig,
+    resume: bool,
+    progress: Progress = no_progress,
+    done: int = 0,
+    total: int = 0,
+) -> dict:
+    """One scene's tiles into the tile set at ``out``: a task, here or on a Dask worker.
+    Returns its index records and counters."""
+    result = TileResult(out=str(out))
+    records: list[dict] = []
+    tiler = _SceneTiler(plan, TileSetLayout(Path(out)), labels, config, result, records)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        done = tiler.run(resume, progress, done, total)
+    return {
+        "records": records,
+        "written": result.written,
+        "resumed": result.resumed,
+        "skipped_low_valid": result.skipped_low_valid,
+        "megapixels": result.megapixels,
+        "done": done,
+    }
+
+
+def _tile_all(plans, out, labels, config, resume, scheduler, progress, total) -> list[dict]:
+    """Every scene's part, in scene order: here with per-tile progress, or one task per scene
+    on a Dask cluster with per-scene progress (the labels travel with each task)."""
+    from rscrisis import cluster
+
+    if not scheduler:
+        parts, done = [], 0
+        for plan in plans:
+            part = tile_scene(plan, str(out), labels, config, resume, progress, done, total)
+            done = part["done"]
+            parts.append(part)
+        return parts
+    place = cluster.executor(scheduler)
+    try:
+        if place.dashboard:
+            log.info("Dask dashboard: %s", place.dashboard)
+        jobs = [(k, (plan, str(out), labels, config, resume)) for k, plan in enumerate(plans)]
+        found: dict[int, dict] = {}
+        tiles = 0
+        for k, part in place.run(tile_scene, jobs):
+            found[k] = part
+            tiles += plans[k].n_tiles
+            progress(tiles, total, plans[k].info.name)
+        return [found[k] for k in range(len(plans))]
+    finally:
+        place.close()
+
+
 def _write_index(layout: TileSetLayout, records: list[dict], plans: Sequence[ScenePlan]) -> None:
     import geopandas as gpd
     import shapely
@@ -607,8 +662,12 @@ def tile(
     overwrite: bool = False,
     resume: bool = False,
     progress: Progress = no_progress,
+    scheduler: str | None = None,
 ) -> TileResult:
     """Cut ``inputs`` (files, folders, globs) into a tile set at ``out``.
+
+    ``scheduler`` (rscrisis.cluster): each scene is one task on a Dask cluster; the tiles and
+    the index are the same as a run in this process (records are gathered in scene order).
 
     Raises :class:`~rscrisis.errors.InputError` for bad input, before writing anything where
     it can be seen up front; bad input found mid-run (a truncated scene) removes this run's
@@ -649,15 +708,15 @@ def tile(
         result.labels = None if label_set is None else asdict(label_set.stats)
         records: list[dict] = []
         total = sum(p.n_tiles for p in plans)
-        done = 0
         try:
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-                for plan in plans:
-                    tiler = _SceneTiler(plan, layout, label_set, config, result, records)
-                    done = tiler.run(resume, progress, done, total)
-                    result.scenes.append(
-                        {"name": plan.info.name, "tiles": plan.n_tiles, "grid": list(plan.shape)}
-                    )
+            parts = _tile_all(plans, out, label_set, config, resume, scheduler, progress, total)
+            for plan, part in zip(plans, parts, strict=True):  # in scene order, however run
+                records += part["records"]
+                for counter in ("written", "resumed", "skipped_low_valid", "megapixels"):
+                    setattr(result, counter, getattr(result, counter) + part[counter])
+                result.scenes.append(
+                    {"name": plan.info.name, "tiles": plan.n_tiles, "grid": list(plan.shape)}
+                )
         except (rasterio.errors.RasterioIOError, OSError) as exc:
             raise ProcessingError(
                 f"tiling failed while writing ({exc})",

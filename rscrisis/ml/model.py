@@ -20,6 +20,7 @@ model file from a stranger cannot run code.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -175,6 +176,21 @@ def load_model(
             hint="the file was modified or written by another tool",
         ) from exc
     return model.to(device), meta
+
+
+_CACHE: dict[tuple, tuple] = {}
+
+
+def load_model_cached(path: str | Path, device_name: str) -> tuple:
+    """:func:`load_model`, once per process: a Dask worker that runs many tasks with the same
+    model loads it once (a changed file, by mtime, or another device loads it again)."""
+    from rscrisis.ml.device import resolve_device
+
+    key = (str(Path(path).resolve()), os.stat(path).st_mtime_ns, device_name)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = load_model(path, resolve_device(device_name))
+    return _CACHE[key]
 
 
 def check_bands(meta: ModelMeta, band_count: int, source: str | Path) -> None:

@@ -495,8 +495,12 @@ def predict_scene(
     config: SceneConfig | None = None,
     overwrite: bool = False,
     progress: Progress = no_progress,
+    loaded: tuple | None = None,
 ) -> SceneResult:
-    """Predict a whole scene into COGs, building polygons and a per-window quality layer."""
+    """Predict a whole scene into COGs, building polygons and a per-window quality layer.
+
+    ``loaded``: the (model, metadata) of ``model_path`` already on its device, so a worker
+    that maps many scenes loads the model once (rscrisis.predict.many)."""
     import rasterio
     import torch
 
@@ -509,7 +513,7 @@ def predict_scene(
     out = Path(out)
     prep = prepare_scene(model_path, scene, config)
     device = resolve_device(config.device)
-    model, meta = load_model(model_path, device)
+    model, meta = loaded if loaded is not None else load_model(model_path, device)
     with claim_output_dir(out, PRODUCTS, overwrite=overwrite):
         if config.threads:
             torch.set_num_threads(config.threads)

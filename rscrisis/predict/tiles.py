@@ -28,6 +28,7 @@ written as they come, embeddings go to a memory-mapped ``.npy``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -162,13 +163,21 @@ def prepare(
     batch_size: int,
     device_name: str,
     need_masks: bool,
+    part: slice | None = None,
+    cached: bool = False,
 ):
-    """Load model and tiles, check they fit together, and build a streaming loader."""
+    """Load model and tiles, check they fit together, and build a streaming loader (over the
+    ``part`` of the tiles when given; ``cached``: the model loaded once per process)."""
+    from rscrisis.ml.model import load_model_cached
+
     device = resolve_device(device_name)
-    model, meta = load_model(model_path, device)
+    if cached:
+        model, meta = load_model_cached(model_path, device_name)
+    else:
+        model, meta = load_model(model_path, device)
     table = load_tiles(tilesets, need_masks=need_masks)
     check_tiles(meta, table, tilesets[0])
-    frame = table.frame
+    frame = table.frame if part is None else table.frame.iloc[part]
     dataset = TileDataset(
         frame.image_path,
         frame.mask_path if need_masks else [None] * len(frame),
@@ -224,8 +233,14 @@ def predict_tiles(
     config: PredictConfig | None = None,
     overwrite: bool = False,
     progress: Progress = no_progress,
+    scheduler: str | None = None,
 ) -> PredictResult:
-    """Write a prediction set for every tile of ``tilesets``."""
+    """Write a prediction set for every tile of ``tilesets``.
+
+    ``scheduler`` (rscrisis.cluster): parts of :data:`PART_BATCHES` batches are tasks on a Dask
+    cluster, gathered in tile order; the prediction set is the same as here (parts start on
+    batch boundaries, so every batch is too), except that with ``--mc-samples`` each part
+    draws its own seeded dropout masks."""
     import geopandas as gpd
 
     config = config or PredictConfig()
@@ -240,43 +255,27 @@ def predict_tiles(
         (out / PROBS).mkdir(parents=True, exist_ok=True)
         frame = table.frame
         n = len(frame)
-        amp = autocast_dtype(device, "auto")
         emb_tmp = out / f".{EMBEDDINGS}.partial.npy"
         embeddings = np.lib.format.open_memmap(
             emb_tmp, mode="w+", dtype=np.float32, shape=(n, model.embedding_dim)
         )
-        rows: list[dict] = []
         t0 = time.perf_counter()
-        i = 0
         try:
-            for batch in run_model(model, loader, device, amp, config.mc_samples, config.tta):
-                for b in range(len(batch.pred_iou)):
-                    rec = frame.iloc[i]
-                    _write_prob(
-                        child(out / PROBS, rec.tile_id, ".tif"),
-                        batch.prob[b],
-                        batch.valid[b],
-                        rec.image_path,
-                    )
-                    embeddings[i] = batch.embedding[b]
-                    row = {
-                        "tile_id": rec.tile_id,
-                        "scene": rec.scene,
-                        "tileset": str(Path(rec.root).resolve()),
-                        "prob": f"{PROBS}/{rec.tile_id}.tif",
-                        "pred_iou": float(batch.pred_iou[b]),
-                    }
-                    row.update({k: float(v[b]) for k, v in batch.stats.items()})
-                    row["geometry"] = rec.geometry
-                    rows.append(row)
-                    i += 1
-                progress(i, n)
+            if scheduler:
+                stats = _predict_on_cluster(
+                    model_path, tilesets, out, config, n, embeddings, scheduler, progress
+                )
+            else:
+                amp = autocast_dtype(device, "auto")
+                stats = predict_part(model, loader, frame, out, device, amp, config,
+                                     embeddings, progress, n)  # fmt: skip
             embeddings.flush()
             del embeddings
             emb_tmp.replace(out / EMBEDDINGS)
         except BaseException:
             emb_tmp.unlink(missing_ok=True)
             raise
+        rows = [{**row, "geometry": geom} for row, geom in zip(stats, frame.geometry, strict=True)]
         seconds = time.perf_counter() - t0
         calibrator = model_calibrator(meta)
         if rows:
@@ -315,6 +314,94 @@ def predict_tiles(
             },
         )
         return result
+
+
+#: batches per task of a prediction on a cluster
+PART_BATCHES = 32
+
+
+def predict_part(
+    model, loader, frame, out: Path, device, amp, config: PredictConfig, embeddings,
+    progress: Progress = no_progress, total: int = 0, offset: int = 0,
+) -> list[dict]:  # fmt: skip
+    """Predict the tiles of ``frame`` (the loader's, in order): probability rasters into
+    ``out``, embeddings into ``embeddings`` (one row per tile), and one statistics row each."""
+    rows: list[dict] = []
+    i = 0
+    for batch in run_model(model, loader, device, amp, config.mc_samples, config.tta):
+        for b in range(len(batch.pred_iou)):
+            rec = frame.iloc[i]
+            _write_prob(
+                child(out / PROBS, rec.tile_id, ".tif"), batch.prob[b], batch.valid[b],
+                rec.image_path,
+            )  # fmt: skip
+            embeddings[i] = batch.embedding[b]
+            row = {
+                "tile_id": rec.tile_id,
+                "scene": rec.scene,
+                "tileset": str(Path(rec.root).resolve()),
+                "prob": f"{PROBS}/{rec.tile_id}.tif",
+                "pred_iou": float(batch.pred_iou[b]),
+            }
+            row.update({k: float(v[b]) for k, v in batch.stats.items()})
+            rows.append(row)
+            i += 1
+        progress(offset + i, total or len(frame))
+    return rows
+
+
+def predict_tiles_part(
+    model_path: str, tilesets: list[str], start: int, stop: int, out: str, config: dict
+) -> dict:
+    """A task: the tiles ``start:stop`` of ``tilesets`` (statistics rows and embeddings back
+    to the caller, probability rasters into ``out``), on a Dask worker."""
+    settings = PredictConfig(**config)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed * 1_000_003 + start)
+    model, _, table, loader, device = prepare(
+        model_path, tilesets, settings.batch_size, settings.device, need_masks=False,
+        part=slice(start, stop), cached=True,
+    )  # fmt: skip
+    frame = table.frame.iloc[start:stop]
+    embeddings = np.zeros((len(frame), model.embedding_dim), np.float32)
+    amp = autocast_dtype(device, "auto")
+    rows = predict_part(model, loader, frame, Path(out), device, amp, settings, embeddings)
+    return {"start": start, "rows": rows, "embeddings": embeddings}
+
+
+def _predict_on_cluster(model_path, tilesets, out, config, n, embeddings, scheduler, progress):
+    """Parts of the tile list as Dask tasks; rows and embeddings gathered in tile order."""
+    from rscrisis import cluster
+
+    place = cluster.executor(scheduler)
+    try:
+        if place.dashboard:
+            log.info("Dask dashboard: %s", place.dashboard)
+        settings = config
+        if config.threads is None:
+            import os
+
+            share = max(1, (os.cpu_count() or 1) // place.workers())
+            settings = config.model_copy(update={"threads": share})
+        # parts of whole batches: at most PART_BATCHES, and enough parts for every worker
+        batch, workers = config.batch_size, place.workers()
+        size = batch * min(PART_BATCHES, max(1, math.ceil(math.ceil(n / workers) / batch)))
+        jobs = [
+            (start, (str(model_path), [str(t) for t in tilesets], start, min(start + size, n),
+                     str(out), settings.model_dump()))
+            for start in range(0, n, size)
+        ]  # fmt: skip
+        parts: dict[int, list[dict]] = {}
+        done = 0
+        for start, part in place.run(predict_tiles_part, jobs):
+            embeddings[start : start + len(part["rows"])] = part["embeddings"]
+            parts[start] = part["rows"]
+            done += len(part["rows"])
+            progress(done, n)
+        return [row for start in sorted(parts) for row in parts[start]]
+    finally:
+        place.close()
 
 
 def model_calibrator(meta: ModelMeta) -> IoUCalibrator:

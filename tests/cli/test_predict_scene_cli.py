@@ -68,14 +68,19 @@ def test_bad_scene_inputs_exit_2_and_write_nothing(
     assert not out.exists()
 
 
-def test_two_scenes_or_mixed_inputs_are_refused(invoke, tiny_model, tiny_tiles, tmp_path):
+def test_two_scenes_map_side_by_side_and_mixed_inputs_are_refused(
+    invoke, tiny_model, tiny_tiles, tmp_path
+):
     a = _rgb_scene(tmp_path / "a.tif")
     b = _rgb_scene(tmp_path / "b.tif")
-    r = invoke("predict", tiny_model, a, b, "-o", tmp_path / "m")
-    assert r.exit_code == 2 and "gdalbuildvrt" in r.stderr
     r = invoke("predict", tiny_model, tiny_tiles, a, "-o", tmp_path / "m")
     assert r.exit_code == 2 and "a.tif" in r.stderr
     assert not (tmp_path / "m").exists()
+    r = invoke("predict", tiny_model, a, b, "-o", tmp_path / "m", "--threads", "1")
+    assert r.exit_code == 0, r.stderr  # several scenes: one product (rscrisis.predict.many)
+    assert (tmp_path / "m" / "scenes" / "a" / "mask.tif").exists()
+    assert (tmp_path / "m" / "scenes" / "b" / "mask.tif").exists()
+    assert (tmp_path / "m" / "mask.vrt").exists() and (tmp_path / "m" / "scenes.gpkg").exists()
 
 
 def test_scene_with_nodata_keeps_nodata(invoke, tiny_model, tmp_path):
