@@ -246,7 +246,7 @@ def _register() -> None:
         ("tile", tile.tile_command, "Cut GeoTIFF scenes (+ footprints) into a tile set."),
         ("train", train.train_command, "Train the U-Net and IoU head on labelled tile sets."),
         ("pretrain", train.pretrain_command, "Train on noisy (OSM) labels, noise-robust defaults."),
-        ("predict", predict.predict_command, "Predict tile sets, or map a whole scene."),
+        ("predict", predict.predict_command, "Predict tile sets, or map scenes."),
         ("rank", rank.rank_command, "Rank predicted tiles and export an annotation batch."),
         ("adapt", adapt.adapt_command, "Adapt a model to a new area's unlabelled tiles."),
         ("finetune", finetune.finetune_command, "Fine-tune a model on corrected batches."),

@@ -41,7 +41,8 @@ def predict_command(
             help="Tile set folders (made by rscrisis tile), or scenes: GeoTIFF/VRT files "
             "(sidecar georeferencing and geographic CRSs welcome), folders of them, quoted "
             "globs, or a .txt file listing paths or GDAL URLs (/vsicurl/...). One scene maps "
-            "into --out; several into --out/scenes/<scene>/ with mosaics over all."
+            "into --out; several (or any with --scheduler or --resume) into "
+            "--out/scenes/<scene>/ with mosaics over all."
         ),
     ],
     out: OutDir,
