@@ -48,10 +48,13 @@ def _peak_rss_mb() -> float:
 
 def make_model(path: Path, scene: Path, encoder: str, tile: int) -> Path:
     """An untrained model whose metadata fits ``scene`` (no resampling, its own statistics)."""
+    import torch
+
     from rscrisis.io.raster import inspect_scene
     from rscrisis.ml.model import ModelMeta, build_model, save_model
 
     info = inspect_scene(scene)
+    torch.manual_seed(0)  # the untrained model's speckle, and so the building count, is fixed
     meta = ModelMeta(
         encoder=encoder,
         in_channels=info.band_count,
@@ -140,11 +143,22 @@ def child_rscrisis(args) -> dict:
     t0 = time.perf_counter()
     res = predict_scene(args.model, args.scene, args.out, config=cfg, overwrite=True)
     dt = time.perf_counter() - t0
+    timings = json.loads((Path(args.out) / "predict.json").read_text())["timings"]
+    stages = {k.removesuffix("_cpu_s"): v for k, v in timings.items() if k.endswith("_cpu_s")}
+    helper = sum(stages.values())
+    mpx = res.width * res.height / 1e6
     return {
         "seconds": round(dt, 2),
-        "mpx_per_s": round(res.width * res.height / 1e6 / dt, 3),
+        "mpx_per_s": round(mpx / dt, 3),
         "windows_per_s": round(res.windows / dt, 2),
         "buildings": res.buildings,
+        "model_share": round(timings["model_s"] / dt, 3),
+        "after_last_batch_s": timings["after_last_batch_s"],
+        # helper CPU seconds per stage (reader, writer and polygon threads), per Mpx and per
+        # 1,000 buildings: what competes with the model for the cores
+        **{f"{k}_cpu_s": v for k, v in stages.items()},
+        "helper_cpu_s_per_mpx": round(helper / mpx, 3),
+        "helper_cpu_s_per_1000_buildings": round(1000 * helper / max(res.buildings, 1), 3),
     }
 
 
@@ -290,6 +304,12 @@ def main() -> None:
         "--only", choices=["all", "rscrisis"], default="all", help="skip forward and torchgeo"
     )
     parser.add_argument("--no-banepa", action="store_true")
+    parser.add_argument(
+        "--dense",
+        action="store_true",
+        help="also the dense case: the generated scene through the seeded untrained model, "
+        "whose speckle makes thousands of small buildings (deterministic for a torch build)",
+    )
     parser.add_argument("--forward-batches", type=int, default=30)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -328,8 +348,11 @@ def main() -> None:
         "overlap": args.overlap,
         "batch_size": args.batch_size,
     }
-    for label, scene in scenes:
-        model = args.model or make_model(
+    cases = [(label, scene, args.model) for label, scene in scenes]
+    if args.dense and args.model is not None:  # with an untrained model every case is dense
+        cases.append((f"dense {args.size}x{args.size}", big, None))
+    for label, scene, given in cases:
+        model = given or make_model(
             work / f"model-{scene.stem}.safetensors", scene, args.encoder, args.window
         )
         runs: list[tuple[str, str, dict]] = []
@@ -344,11 +367,12 @@ def main() -> None:
         if args.only == "all":
             runs.append(("torchgeo GridGeoSampler", "torchgeo", {"precision": "fp32"}))
         for name, kind, extra in runs:
-            out = work / f"out-{scene.stem}-{name.replace(' ', '_')}"
+            out = work / f"out-{label.split()[0]}-{scene.stem}-{name.replace(' ', '_')}"
             out.mkdir(exist_ok=True)
             res = run_child(kind, scene=scene, out=out, model=model, **common, **extra)
             if kind == "rscrisis" and "error" not in res:
-                res.update(_agreement(out, work / f"out-{scene.stem}-rscrisis_fp32"))
+                ref = work / f"out-{label.split()[0]}-{scene.stem}-rscrisis_fp32"
+                res.update(_agreement(out, ref))
             row = {"scene": label, "run": name, **res, "cpu_threads": os.cpu_count()}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
@@ -367,8 +391,17 @@ def main() -> None:
         "mpx_per_s",
         "windows_per_s",
         "of_bare_forward",
+        "model_share",
         "peak_rss_mb",
         "buildings",
+        "read_cpu_s",
+        "normalise_cpu_s",
+        "blend_cpu_s",
+        "write_cpu_s",
+        "polygons_cpu_s",
+        "after_last_batch_s",
+        "helper_cpu_s_per_mpx",
+        "helper_cpu_s_per_1000_buildings",
         "mask_iou_vs_fp32",
         "mean_abs_dp_vs_fp32",
         "coverage",

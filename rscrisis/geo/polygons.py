@@ -76,10 +76,12 @@ class PolygonCollector:
         emit: Callable[[Piece], None],
         max_pixels: float = math.inf,
         max_vertices: int = 200_000,
+        too_small: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.height = height
         self.emit = emit
         self.max_pixels = max_pixels
+        self.too_small = too_small
         self.max_vertices = max_vertices
         self._open: list[_Open] = []
         #: per column of the previous strip's last row: index into ``_open``, -1 for none
@@ -102,6 +104,8 @@ class PolygonCollector:
         inside = labels[mask]  # buildings are a small share of a strip: count only their pixels
         pixels = np.bincount(inside, minlength=n + 1)
         prob_sum = np.bincount(inside, weights=prob[mask], minlength=n + 1)
+        if self.too_small is not None and n:
+            labels = self._drop_small(labels, pixels)
         new: dict[int, Piece] = {}
         transform = Affine.translation(0, first_row)
         for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
@@ -142,6 +146,21 @@ class PolygonCollector:
                 self._close(group)
         self._open = still_open
         self._border = label_to_open[labels[-1]] if still_open else None
+
+    def _drop_small(self, labels: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """Labels without the regions ``too_small`` would discard anyway, before they are
+        polygonised: a region that touches neither the strip's first row (where it could join
+        a held piece) nor its last (where it could go on) is complete, and its pixel count
+        decides its fate, so dropping it here changes no output. On the speckled map of an
+        undertrained model almost every region is such a fleck; polygonising them as Python
+        objects took 80 % of a scene's time."""
+        small = np.asarray(self.too_small(pixels), bool)  # type: ignore[misc]
+        small[0] = False
+        small[labels[0]] = False
+        small[labels[-1]] = False
+        if small.any():
+            labels = np.where(small[labels], 0, labels)
+        return labels
 
     def finish(self) -> None:
         """Emit the pieces still held (they touch the bottom of the scene)."""
@@ -219,12 +238,40 @@ class BuildingShaper:
         """``max_area`` in pixels: the size budget of :class:`PolygonCollector`."""
         return self.options.max_area / self.px_area
 
+    def too_small(self, pixels: np.ndarray) -> np.ndarray:
+        """Which pixel counts :meth:`__call__` drops for their area (the same arithmetic)."""
+        return pixels * self.px_area < self.options.min_area
+
+    def fill_small_holes(self, geom):
+        """``geom`` (pixel coordinates) without the holes smaller than ``min_area``: what is
+        too small to be a building is too small to be a courtyard too. On the speckled map of
+        an undertrained model a region holds thousands of one-pixel holes, and simplifying it
+        with them took 34 s of a 4 Mpx scene's 44 (0.6 s to fill them, 0.8 s to simplify
+        what is left); on a trained model's map such holes are misclassified roof pixels."""
+        if geom.geom_type == "Polygon":
+            parts = [geom]
+        elif geom.geom_type == "MultiPolygon":
+            parts = list(geom.geoms)
+        else:
+            return geom
+        if not any(len(p.interiors) for p in parts):
+            return geom
+        filled = []
+        for part in parts:
+            rings = list(part.interiors)
+            if rings:
+                areas = shapely.area(shapely.polygons(rings))  # pixel units: pixel counts
+                rings = [r for r, small in zip(rings, self.too_small(areas), strict=True)
+                         if not small]  # fmt: skip
+            filled.append(shapely.Polygon(part.exterior, rings))
+        return filled[0] if geom.geom_type == "Polygon" else shapely.MultiPolygon(filled)
+
     def __call__(self, piece: Piece) -> dict | None:
         opts = self.options
         area = piece.pixels * self.px_area
         if area < opts.min_area:
             return None
-        geom = piece.geom
+        geom = self.fill_small_holes(piece.geom)
         if self.aspect != 1.0:
             geom = shapely.affinity.scale(geom, 1.0, self.aspect, origin=(0, 0))
         if opts.regularize:

@@ -332,6 +332,7 @@ class _SceneWriter:
             grid.height,
             lambda p: self.buildings.add(shaper(p)),
             max_pixels=shaper.max_pixels,
+            too_small=shaper.too_small,
         )
         self.rows: list[dict] = []
         self.rows_written = 0
