@@ -75,7 +75,7 @@ def predict_command(
     if tilesets and len(tilesets) != len(paths):
         other = next(p for p in paths if not _is_tileset(p))
         raise InputError(
-            "is not a tile set, but other inputs are; predict takes tile sets or one scene",
+            "is not a tile set, but other inputs are; predict takes tile sets or scenes",
             path=other,
             hint="run tile sets and scenes in separate predict calls",
         )

@@ -150,10 +150,10 @@ def _resolve_scene(scene: str | Path) -> Path:
     paths = expand_raster_inputs([scene])
     if len(paths) != 1:
         raise InputError(
-            f"matches {len(paths)} rasters; predict maps one scene at a time",
+            f"matches {len(paths)} rasters; predict_scene maps one scene",
             path=scene,
-            hint="mosaic them first (gdalbuildvrt mosaic.vrt *.tif) and predict the .vrt, or "
-            "tile them and predict the tile set",
+            hint="map several with rscrisis.predict.many.predict_scenes (rscrisis predict "
+            "SCENES...), or mosaic them first (gdalbuildvrt mosaic.vrt *.tif)",
         )
     return paths[0]
 
