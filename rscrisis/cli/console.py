@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -119,7 +120,7 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator:
         def update(done: int, total: int, desc: str = "") -> None:
             # rich's own remaining-time column needs many quick updates; simulate's rounds
             # take minutes, so the ETA comes from this run's work so far (as in a log)
-            remaining = rate.remaining(done, total)
+            remaining = rate.remaining(done, total, time.monotonic())
             bar.update(
                 task,
                 completed=done,
@@ -136,23 +137,24 @@ LOG_PROGRESS_SECONDS = 30.0
 
 
 class _Rate:
-    """Work per second since the first report of this run (earlier runs' work left out)."""
+    """Work per second since the first report of this run, so a resumed run's estimate is not
+    flattered by what an earlier run did, and set-up is not counted as work."""
 
     def __init__(self) -> None:
-        import time
-
-        self.clock = time.monotonic
         self.first: tuple[int, float] | None = None
 
-    def remaining(self, done: int, total: int) -> float | None:
-        now = self.clock()
+    def per_second(self, done: int, now: float) -> float | None:
         if self.first is None:
             self.first = (done, now)
-            return None
         made, spent = done - self.first[0], now - self.first[1]
-        if made <= 0 or spent <= 0 or not total or done >= total:
+        return made / spent if made > 0 and spent > 0 else None
+
+    def remaining(self, done: int, total: int, now: float) -> float | None:
+        """Seconds left, or None before any rate is known or once the work is done."""
+        rate = self.per_second(done, now)
+        if rate is None or not total or done >= total:
             return None
-        return (total - done) * spent / made
+        return (total - done) / rate
 
 
 class LogProgress:
@@ -163,7 +165,6 @@ class LogProgress:
 
     def __init__(self, description: str, seconds: float | None = None, stream=None):
         import os
-        import time
 
         if seconds is None:
             seconds = float(os.environ.get("RSCRISIS_PROGRESS_SECONDS", LOG_PROGRESS_SECONDS))
@@ -172,15 +173,13 @@ class LogProgress:
         self.stream = stream
         self.clock = time.monotonic
         self.t0 = self.clock()
-        self.first: int | None = None
-        self.t_first = self.t0
+        self.rate = _Rate()
         self.last_time = -math.inf
         self.last_decile = -1
 
     def __call__(self, done: int, total: int, description: str = "") -> None:
         now = self.clock()
-        if self.first is None:  # the rate is measured from here: set-up is not work done
-            self.first, self.t_first = done, now
+        rate = self.rate.per_second(done, now)
         decile = int(10 * done / total) if total else -1
         final = bool(total) and done >= total
         if not (final or now - self.last_time >= self.seconds or decile > self.last_decile):
@@ -190,12 +189,11 @@ class LogProgress:
         parts = [f"{done}/{total}" if total else str(done)]
         if total:
             parts[0] += f" ({100 * done / total:.0f} %)"
-        made, working = done - self.first, now - self.t_first
-        if made > 0 and working > 0:
-            rate = made / working
+        if rate is not None:
             parts.append(f"{rate:.3g}/s" if rate >= 1 else f"{1 / rate:.3g} s each")
-            if total and not final:
-                parts.append(f"ETA {_duration((total - done) / rate)}")
+            remaining = self.rate.remaining(done, total, now)
+            if remaining is not None:
+                parts.append(f"ETA {_duration(remaining)}")
         parts.append(f"elapsed {_duration(elapsed)}")
         line = f"{_timestamp()} {self.description}: {', '.join(parts)}"
         if description:
