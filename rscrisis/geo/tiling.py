@@ -552,8 +552,6 @@ def _tile_all(plans, out, labels, config, resume, scheduler, progress, total) ->
         return parts
     place = cluster.executor(scheduler)
     try:
-        if place.dashboard:
-            log.info("Dask dashboard: %s", place.dashboard)
         jobs = [(k, (plan, str(out), labels, config, resume)) for k, plan in enumerate(plans)]
         found: dict[int, dict] = {}
         tiles = 0

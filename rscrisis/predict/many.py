@@ -200,12 +200,8 @@ def predict_scenes(
         (out / SCENES).mkdir(exist_ok=True)
         place = cluster.executor(scheduler)
         try:
-            settings = config
-            if scheduler and config.threads is None:  # N workers share the cores
-                share = max(1, (os.cpu_count() or 1) // place.workers())
-                settings = config.model_copy(update={"threads": share})
-            if place.dashboard:
-                log.info("Dask dashboard: %s", place.dashboard)
+            settings = config.model_copy(update={"threads": place.torch_threads(config.threads)})
+            if place.dashboard:  # into a log too, through the progress lines
                 progress(0, len(tasks), f"dashboard {place.dashboard}")
             records: dict[str, dict] = {}
             jobs = []

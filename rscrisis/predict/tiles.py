@@ -376,14 +376,7 @@ def _predict_on_cluster(model_path, tilesets, out, config, n, embeddings, schedu
 
     place = cluster.executor(scheduler)
     try:
-        if place.dashboard:
-            log.info("Dask dashboard: %s", place.dashboard)
-        settings = config
-        if config.threads is None:
-            import os
-
-            share = max(1, (os.cpu_count() or 1) // place.workers())
-            settings = config.model_copy(update={"threads": share})
+        settings = config.model_copy(update={"threads": place.torch_threads(config.threads)})
         # parts of whole batches: at most PART_BATCHES, and enough parts for every worker
         batch, workers = config.batch_size, place.workers()
         size = batch * min(PART_BATCHES, max(1, math.ceil(math.ceil(n / workers) / batch)))
