@@ -48,6 +48,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -221,11 +222,12 @@ def predict_scenes(
         finally:
             place.close()
         rows = [{"scene_id": t.scene_id, "path": t.path, **records[t.scene_id]} for t in tasks]
-        in_mosaic = write_mosaics(out, [r for r in rows if r["status"] == "done"])
+        grids = scene_grids(out, [r["scene_id"] for r in rows if r["status"] == "done"])
+        in_mosaic = write_mosaics(out, grids)
         for r in rows:
             r["in_mosaic"] = r["scene_id"] in in_mosaic
-        kept = merge_buildings(out, [r for r in rows if r["scene_id"] in in_mosaic])
-        _write_scenes_layer(out, rows)
+        kept = merge_buildings(out, {k: g for k, g in grids.items() if k in in_mosaic})
+        _write_scenes_layer(out, rows, grids)
         result = ManyResult(
             out=str(out),
             scenes=len(tasks),
@@ -290,16 +292,37 @@ def _finished(scene_out: Path, task: SceneTask) -> dict | None:
 _GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}
 
 
-def write_mosaics(out: Path, done: list[dict]) -> set[str]:
+@dataclass(frozen=True)
+class _SceneGrid:
+    """Where a finished scene's maps lie (read once from its mask's header)."""
+
+    folder: Path
+    crs: Any
+    transform: Any
+    width: int
+    height: int
+    bounds: tuple[float, float, float, float]
+
+
+def scene_grids(out: Path, scene_ids: list[str]) -> dict[str, _SceneGrid]:
+    import rasterio
+
+    grids = {}
+    for scene_id in scene_ids:
+        folder = out / SCENES / scene_id
+        with rasterio.open(folder / "mask.tif") as ds:
+            grids[scene_id] = _SceneGrid(
+                folder, ds.crs, ds.transform, ds.width, ds.height, tuple(ds.bounds)
+            )
+    return grids
+
+
+def write_mosaics(out: Path, grids: dict[str, _SceneGrid]) -> set[str]:
     """``probability.vrt`` and ``mask.vrt`` over the finished scenes sharing the first one's
     CRS; returns the ids of the scenes they cover."""
     import rasterio
 
-    sources = []
-    for r in done:
-        folder = out / SCENES / r["scene_id"]
-        with rasterio.open(folder / "mask.tif") as ds:
-            sources.append((r["scene_id"], folder, ds.crs, ds.transform, ds.width, ds.height))
+    sources = [(k, g.folder, g.crs, g.transform, g.width, g.height) for k, g in grids.items()]
     if not sources:
         for name in (PROBABILITY_VRT, MASK_VRT):
             (out / name).unlink(missing_ok=True)
@@ -356,39 +379,32 @@ def write_mosaics(out: Path, done: list[dict]) -> set[str]:
     return {s[0] for s in same}
 
 
-def merge_buildings(out: Path, scenes: list[dict]) -> int:
+def merge_buildings(out: Path, grids: dict[str, _SceneGrid]) -> int:
     """``buildings.gpkg``: every scene's buildings in the mosaic's CRS, each building once
     (module docstring: the copy farther from its own scene's edge). Returns the count."""
     import geopandas as gpd
     import pandas as pd
-    import rasterio
     import shapely
 
     from rscrisis.io.styles import add_style, outlines
 
-    frames, footprints = [], {}
-    crs = None
-    for r in scenes:
-        folder = out / SCENES / r["scene_id"]
-        with rasterio.open(folder / "mask.tif") as ds:
-            crs = crs or ds.crs
-            footprints[r["scene_id"]] = shapely.box(*ds.bounds)
-        frame = gpd.read_file(folder / "buildings.gpkg", layer="buildings", engine="pyogrio")
+    frames = []
+    footprints = {k: shapely.box(*g.bounds) for k, g in grids.items()}
+    crs = next(iter(grids.values())).crs if grids else None
+    for scene_id, grid in grids.items():
+        path = grid.folder / "buildings.gpkg"
+        frame = gpd.read_file(path, layer="buildings", engine="pyogrio")
         frame = frame.to_crs(crs) if frame.crs != crs else frame
         frame = frame.rename(columns={"building_id": "scene_building_id"})
-        frame.insert(0, "scene_id", r["scene_id"])
+        frame.insert(0, "scene_id", scene_id)
         frames.append(frame)
     if not frames:
         (out / BUILDINGS).unlink(missing_ok=True)
         return 0
     merged = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
     geoms = merged.geometry.values
-    edge = np.array(
-        [
-            shapely.distance(g, footprints[s].boundary)
-            for g, s in zip(geoms, merged.scene_id, strict=True)
-        ]
-    )
+    boundaries = [footprints[s].boundary for s in merged.scene_id]
+    edge = np.asarray(shapely.distance(geoms, boundaries), float)
     merged["edge_distance_m"] = np.round(edge, 3)
     keep = _one_copy(geoms, merged.scene_id.to_numpy(), edge, footprints)
     merged = merged[keep].reset_index(drop=True)
@@ -406,15 +422,14 @@ def _one_copy(geoms, scene_ids: np.ndarray, edge: np.ndarray, footprints: dict) 
     import shapely
 
     keep = np.ones(len(geoms), bool)
-    others = {
-        s: shapely.union_all([f for t, f in footprints.items() if t != s]) for s in footprints
-    }
-    in_overlap = np.array(
-        [
-            not others[s].is_empty and shapely.intersects(g, others[s])
-            for g, s in zip(geoms, scene_ids, strict=True)
-        ]
+    # a building is in an overlap when it touches another scene's footprint
+    names = list(footprints)
+    building, scene = shapely.STRtree([footprints[n] for n in names]).query(
+        geoms, predicate="intersects"
     )
+    other = np.asarray(names, dtype=object)[scene] != scene_ids[building]
+    in_overlap = np.zeros(len(geoms), bool)
+    in_overlap[building[other]] = True
     idx = np.flatnonzero(in_overlap)
     if len(idx) == 0:
         return keep
@@ -436,25 +451,29 @@ def _one_copy(geoms, scene_ids: np.ndarray, edge: np.ndarray, footprints: dict) 
     return keep
 
 
-def _write_scenes_layer(out: Path, rows: list[dict]) -> None:
-    """``scenes.gpkg``: one row per scene, its footprint in EPSG:4326 (scenes' CRSs differ)."""
+def _write_scenes_layer(out: Path, rows: list[dict], grids: dict[str, _SceneGrid]) -> None:
+    """``scenes.gpkg``: one row per scene, its footprint in EPSG:4326 (scenes' CRSs differ);
+    a failed scene's from its own header when it can be opened."""
     import geopandas as gpd
     import rasterio
     import shapely
     from rasterio.warp import transform_geom
 
+    def footprint(crs, bounds):
+        box = shapely.geometry.mapping(shapely.box(*bounds))
+        return shapely.geometry.shape(transform_geom(crs, "EPSG:4326", box))
+
     geoms = []
     for r in rows:
-        geom = None
+        grid = grids.get(r["scene_id"])
+        if grid is not None:
+            geoms.append(footprint(grid.crs, grid.bounds))
+            continue
         try:
-            source = out / SCENES / r["scene_id"] / "mask.tif"
-            with rasterio.open(source if source.exists() else r["path"]) as ds:
-                if ds.crs is not None:
-                    box = shapely.geometry.mapping(shapely.box(*ds.bounds))
-                    geom = shapely.geometry.shape(transform_geom(ds.crs, "EPSG:4326", box))
+            with rasterio.open(r["path"]) as ds:
+                geoms.append(footprint(ds.crs, ds.bounds) if ds.crs is not None else None)
         except (rasterio.errors.RasterioError, OSError):
-            geom = None  # a scene that cannot be opened has no footprint
-        geoms.append(geom)
+            geoms.append(None)  # a scene that cannot be opened has no footprint
     frame = gpd.GeoDataFrame([_plain(r) for r in rows], geometry=geoms, crs="EPSG:4326")
     with atomic_path(out / SCENES_GPKG) as tmp:
         frame.to_file(tmp, layer="scenes", driver="GPKG", engine="pyogrio")
