@@ -239,7 +239,8 @@ class BuildingShaper:
         return self.options.max_area / self.px_area
 
     def too_small(self, pixels: np.ndarray) -> np.ndarray:
-        """Which pixel counts :meth:`__call__` drops for their area (the same arithmetic)."""
+        """Which pixel counts are too small to be a building (or a courtyard): the one
+        ``min_area`` test, used by :meth:`__call__`, the collector and the hole filling."""
         return pixels * self.px_area < self.options.min_area
 
     def fill_small_holes(self, geom):
@@ -269,7 +270,7 @@ class BuildingShaper:
     def __call__(self, piece: Piece) -> dict | None:
         opts = self.options
         area = piece.pixels * self.px_area
-        if area < opts.min_area:
+        if self.too_small(np.asarray(piece.pixels)):
             return None
         geom = self.fill_small_holes(piece.geom)
         if self.aspect != 1.0:
