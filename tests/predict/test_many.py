@@ -195,3 +195,17 @@ def test_tile_set_prediction_on_two_workers_equals_one_here(
 
     assert digest(here) == digest(there) and len(digest(here)) == len(a)
     assert invoke("rank", there, "-o", tmp_path / "batch", "--top", "3").exit_code == 0
+
+
+def test_scene_ids_from_a_listing_are_safe_unique_names():
+    """Scene paths arrive in .txt listings by mail: whatever they hold, each scene's folder is
+    a safe name directly under DIR/scenes/, never a path that leaves it."""
+    from rscrisis.io.names import is_safe
+    from rscrisis.predict.many import scene_tasks
+
+    hostile = ["../../etc/passwd", "/abs/a b.tif", "x/a_b.tif", "..", ".tif",
+               "x/..hidden..tif", "/vsicurl/https://h/p/s%20x.tif?sig=1"]  # fmt: skip
+    ids = [t.scene_id for t in scene_tasks(hostile)]
+    assert all(is_safe(i) and "/" not in i and ".." not in i for i in ids), ids
+    assert len(set(ids)) == len(ids)
+    assert ids[1:3] == ["a_b", "a_b_2"]  # a clash gets a suffix, in input order
