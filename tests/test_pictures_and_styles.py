@@ -119,3 +119,41 @@ def test_simulate_plot_has_its_gain_panel(tmp_path):
     rows = _with_shared_rounds(rows, SimulateConfig(formulas=formulas, seeds=(0, 1, 2)))
     plot(rows, formulas, tmp_path / "curves.png")
     assert_picture(tmp_path / "curves.png", min_size=(1400, 500))
+
+
+def test_thumbnail_built_from_strips_is_the_block_mean_of_the_valid_pixels():
+    """Quicklook imagery is gathered from the strips a scene streams through: whatever the
+    strip sizes, each thumbnail pixel is the mean of the valid pixels of its k x k block (NaN
+    where none is valid), and the mask keeps each block's centre pixel."""
+    from affine import Affine
+
+    from rscrisis.io.pictures import Thumbnail
+
+    rng = np.random.default_rng(1)
+    height, width = 203, 157
+    image = rng.integers(0, 255, (4, height, width + 9), dtype=np.uint8)  # padded past the edge
+    valid = np.ones((height, width + 9), bool)
+    valid[20:60, 30:90] = False  # nodata, whole blocks of it included
+    mask = rng.random((height, width + 9)) > 0.5
+    thumb = Thumbnail(width, height, Affine(0.5, 0, 100, 0, -0.5, 200), long_side=40)
+    k = thumb.k
+    assert k == 6 and thumb.shape == (34, 27)
+    assert thumb.transform == Affine(3.0, 0, 100, 0, -3.0, 200)
+    row = 0
+    for size in (7, 64, 1, 50, 81, 30):  # any sizes, ending past the last row
+        thumb.add_image(row, image[:, row : row + size], valid[row : row + size])
+        thumb.add_mask(row, mask[row : row + size])
+        row += size
+    qh, qw = thumb.shape
+    data = np.zeros((3, qh * k, qw * k))
+    ok = np.zeros((qh * k, qw * k))
+    data[:, :height, :width] = image[:3, :, :width] * valid[:, :width]
+    ok[:height, :width] = valid[:, :width]
+    sums = data.reshape(3, qh, k, qw, k).sum((2, 4))
+    counts = ok.reshape(qh, k, qw, k).sum((1, 3))
+    with np.errstate(invalid="ignore"):
+        expected = sums / counts
+    np.testing.assert_allclose(thumb.image, expected, rtol=1e-6)
+    assert np.isnan(thumb.image[:, 5, 7]).all() and not thumb.valid[5, 7]
+    centres = mask[k // 2 :: k, k // 2 : width : k]
+    np.testing.assert_array_equal(thumb.mask[: centres.shape[0], : centres.shape[1]], centres)

@@ -27,7 +27,7 @@ import numpy as np
 import shapely
 import shapely.affinity
 from affine import Affine
-from shapely.geometry import Polygon, shape
+from shapely.geometry import Polygon
 
 from rscrisis.config import SceneConfig
 
@@ -106,11 +106,12 @@ class PolygonCollector:
         prob_sum = np.bincount(inside, weights=prob[mask], minlength=n + 1)
         if self.too_small is not None and n:
             labels = self._drop_small(labels, pixels)
+            labels = self._fill_small_holes(labels, n)
         new: dict[int, Piece] = {}
         transform = Affine.translation(0, first_row)
         for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=transform):
             k = int(value)
-            new[k] = Piece(shape(geom), int(pixels[k]), float(prob_sum[k]))
+            new[k] = Piece(_polygon(geom["coordinates"]), int(pixels[k]), float(prob_sum[k]))
 
         held = len(self._open)
         parent = np.arange(held + n + 1)  # nodes: held pieces, then labels 1..n at held + k
@@ -127,7 +128,7 @@ class PolygonCollector:
             for a, k in links:
                 parent[find(int(a))] = find(held + int(k))
         groups: dict[int, list[int]] = {}
-        for node in [*range(held), *(held + k for k in new)]:
+        for node in [*range(held), *(held + k for k in sorted(new))]:  # first-pixel order
             groups.setdefault(find(node), []).append(node)
 
         at_bottom = set() if self._next_row >= self.height else set(np.unique(labels[-1]).tolist())
@@ -162,6 +163,52 @@ class PolygonCollector:
             labels = np.where(small[labels], 0, labels)
         return labels
 
+    def _fill_small_holes(self, labels: np.ndarray, n: int) -> np.ndarray:
+        """Labels with the holes that ``too_small`` would fill anyway filled in, before they
+        are polygonised (:meth:`BuildingShaper.fill_small_holes` fills the same holes in the
+        polygons). On an undertrained model's speckled map a region holds hundreds of
+        thousands of one-pixel holes, and building them as polygon rings took 9 of the 16 CPU-s
+        of a 17 Mpx scene's polygons; the mask and the buildings' pixel counts are unchanged.
+
+        A hole is an 8-connected background component (the dual of the regions'
+        4-connectivity) that touches no side of the strip (one touching the first or last row
+        may go on in the next strip) and whose 4-neighbours all belong to one region (not an
+        annulus around an island). Its pixel count is the area of the ring it would make, or
+        more when two rings touch at a corner: so this fills a subset of what the polygon pass
+        fills, and the polygons come out the same.
+        """
+        from scipy import ndimage
+
+        holes, m = ndimage.label(labels == 0, structure=np.ones((3, 3), bool))
+        if m == 0:
+            return labels
+        small = np.asarray(self.too_small(np.bincount(holes.ravel(), minlength=m + 1)), bool)  # type: ignore[misc]
+        small[0] = False
+        small[holes[0]] = small[holes[-1]] = False
+        small[holes[:, 0]] = small[holes[:, -1]] = False
+        if not small.any():
+            return labels
+        # candidates touch no side of the strip, so their 4-neighbours are inside it and
+        # flat indices +-1 stay in the same row
+        at = np.flatnonzero(small[holes.ravel()])
+        hole = holes.ravel()[at].astype(np.int64)
+        flat = labels.ravel()
+        span = np.int64(n + 1)
+        keys = []
+        for step in (1, -1, labels.shape[1], -labels.shape[1]):
+            region = flat[at + step]
+            keys.append((hole * span + region)[region > 0])  # (hole, region) as one key
+        pairs = np.unique(np.concatenate(keys))
+        hole_of, region_of = pairs // span, pairs % span
+        owner = np.zeros(m + 1, labels.dtype)
+        owner[hole_of] = region_of
+        one_region = np.bincount(hole_of, minlength=m + 1) == 1
+        fill = one_region[hole]
+        if fill.any():
+            labels = labels.copy()
+            labels.ravel()[at[fill]] = owner[hole[fill]]
+        return labels
+
     def finish(self) -> None:
         """Emit the pieces still held (they touch the bottom of the scene)."""
         self._close_open()
@@ -190,6 +237,45 @@ class PolygonCollector:
     def _close(self, group: _Open) -> None:
         if group.parts:
             self.emit(_union(group.parts))
+
+
+def _polygon(rings: list) -> Polygon:
+    """A polygon from GeoJSON rings (lists of coordinate pairs), as arrays: ``shape()`` walks
+    every coordinate in Python, which took 9.5 of the 16 CPU-s of a speckled 17 Mpx scene's
+    polygons."""
+    shell = shapely.linearrings(np.asarray(rings[0], dtype=np.float64))
+    if len(rings) == 1:
+        return shapely.polygons(shell)
+    arrays = [np.asarray(r, dtype=np.float64) for r in rings[1:]]
+    which = np.repeat(np.arange(len(arrays)), [len(a) for a in arrays])
+    holes = shapely.linearrings(np.concatenate(arrays), indices=which)
+    return shapely.polygons(shell, holes)
+
+
+def simplify(geom, tolerance: float):
+    """Douglas-Peucker simplification, topology-preserving only where it has to be.
+
+    Plain Douglas-Peucker is 10-20x faster than GEOS' topology-preserving variant (17x on a
+    trained model's 1,258 buildings, 5x on a speckled map's region parts) and gives the same
+    outline for 99.8 % of buildings; where its result is invalid (a ring crossing itself or a
+    hole), collapses, or loses a part or a hole (GEOS drops a hole that ends up outside the
+    simplified shell), the topology-preserving result is used instead.
+    """
+    simple = shapely.simplify(geom, tolerance, preserve_topology=False)
+    if (
+        simple.is_empty
+        or simple.geom_type != geom.geom_type
+        or _rings(simple) != _rings(geom)
+        or not simple.is_valid
+    ):
+        simple = shapely.simplify(geom, tolerance, preserve_topology=True)
+    return simple
+
+
+def _rings(geom) -> tuple[int, int]:
+    """(parts, holes) of a polygon or multipolygon."""
+    parts = shapely.get_parts(geom)
+    return len(parts), int(shapely.get_num_interior_rings(parts).sum())
 
 
 def _union(pieces: list[Piece]) -> Piece:
@@ -278,7 +364,7 @@ class BuildingShaper:
         if opts.regularize:
             geom = regularize(geom, max(opts.simplify, 0.5 * self.gx) / self.gx)
         elif opts.simplify > 0:
-            geom = geom.simplify(opts.simplify / self.gx, preserve_topology=True)
+            geom = simplify(geom, opts.simplify / self.gx)
         if geom.is_empty:
             return None
         return {
@@ -300,7 +386,7 @@ def regularize(poly: Polygon, tolerance: float, max_area_change: float = 0.25) -
     lines. Holes are dropped. Falls back to the simplified outline when the result is invalid
     or changes the area by more than ``max_area_change``. Input must be in a metric frame.
     """
-    simple = poly.simplify(tolerance, preserve_topology=True)
+    simple = simplify(poly, tolerance)
     if simple.is_empty or simple.geom_type != "Polygon":
         return poly
     ring = np.asarray(simple.exterior.coords)[:-1]

@@ -1,15 +1,15 @@
 """Pictures people look at instead of tables: quicklooks, batch overviews, calibration and
 training curves (PNG, matplotlib's Agg backend: no screen needed).
 
-Each picture is bounded whatever the input size: rasters are read decimated (from their
-overviews when they have them) to at most :data:`QUICKLOOK_PX` on the long side, and a batch
-overview draws at most :data:`MAX_CHIPS` chips. They are written atomically like every output.
+Each picture is bounded whatever the input size: a scene quicklook is gathered decimated
+(:class:`Thumbnail`) to at most :data:`QUICKLOOK_PX` on the long side while the scene is
+mapped, and a batch overview draws at most :data:`MAX_CHIPS` chips. They are written
+atomically like every output.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,10 @@ from rscrisis.io.outputs import atomic_path
 
 #: long side of a scene quicklook, in pixels
 QUICKLOOK_PX = 1400
+#: a smaller scene's quicklook is enlarged by a whole factor to at least this long side
+MIN_QUICKLOOK_PX = 800
+#: opacity of the predicted-IoU shading over the imagery
+HEAT_ALPHA = 0.3
 #: chips drawn in a batch overview
 MAX_CHIPS = 24
 #: the model's building outlines: cyan stands out on red and orange roofs, soil and vegetation
@@ -63,52 +67,165 @@ def _outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     return mask & ~binary_erosion(mask, iterations=width, border_value=0)
 
 
-def scene_quicklook(
-    image, bands: Sequence[int], mask: Path, windows, path: Path, title: str
-) -> None:
-    """``quicklook.png`` of a mapped scene: the imagery with the buildings outlined in cyan,
-    and each window's predicted IoU as a semi-transparent heat layer (red: poor).
+class Thumbnail:
+    """A decimated copy of a raster, built strip by strip as the raster streams past.
 
-    ``image`` is an open dataset on the mask's grid (the scene itself, or the resampling VRT
-    the prediction read)."""
-    import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.features import rasterize
+    Scene prediction reads every source row once and writes every map row once; a quicklook
+    made from those strips never reads the scene again. Reading it again meant warping it again
+    when the scene is resampled to the model's resolution: 10.8 s of a 45 s run on a 24 Mpx
+    scene (issue 18). The factor ``k`` is a whole number, so a thumbnail pixel covers exactly
+    ``k`` x ``k`` source pixels (the last row and column of blocks may hang over the edge), at
+    most :data:`QUICKLOOK_PX` on the long side.
 
-    plt = _pyplot()
-    with rasterio.open(mask) as ds:
-        scale = max(ds.width, ds.height) / QUICKLOOK_PX
-        shape = (max(1, round(ds.height / max(scale, 1))), max(1, round(ds.width / max(scale, 1))))
-        buildings = ds.read(1, out_shape=shape, resampling=Resampling.nearest)
+    :meth:`add_image` averages the valid pixels of each block (nodata stays out of the mean; a
+    block with none is nodata); :meth:`add_mask` keeps each block's centre pixel (nearest).
+    Strips may come in any order and size; rows outside the raster are ignored.
+    """
+
+    def __init__(self, width: int, height: int, transform, long_side: int = QUICKLOOK_PX):
         from affine import Affine
 
-        transform = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
-    pixels = image.read(
-        list(bands)[:3],
-        out_shape=(min(3, len(bands)), *shape),
-        resampling=Resampling.average,
-        masked=True,
-    )
-    valid = np.asarray(~np.ma.getmaskarray(pixels).any(0))
-    rgb = _display(np.ma.filled(pixels.astype(np.float32), np.nan), valid)
-    rgb[_outline(buildings == 1, width=2 if max(shape) >= 800 else 1)] = OUTLINE
-    fig, ax = plt.subplots(figsize=(9, 9 * shape[0] / shape[1] + 0.8), dpi=110)
-    ax.imshow(rgb, interpolation="nearest")
+        self.width, self.height = width, height
+        self.k = max(1, math.ceil(max(width, height) / long_side))
+        self.shape = (math.ceil(height / self.k), math.ceil(width / self.k))
+        #: the thumbnail's own grid
+        self.transform = transform @ Affine.scale(self.k, self.k)
+        self._sums: np.ndarray | None = None
+        self._counts = np.zeros(self.shape, np.float64)
+        self._mask = np.zeros(self.shape, bool)
+
+    def _clip(self, first_row: int, rows: int) -> int:
+        return max(0, min(rows, self.height - first_row))
+
+    def add_image(self, first_row: int, data: np.ndarray, valid: np.ndarray) -> None:
+        """``data`` (bands, rows, >= width) of scene rows ``first_row`` ...; its first three
+        bands are kept (one band shows as grey). ``valid`` (rows, >= width) bool."""
+        rows = self._clip(first_row, data.shape[-2])
+        if rows == 0:
+            return
+        k, width = self.k, self.width
+        bands = min(3, data.shape[0])
+        if self._sums is None:
+            self._sums = np.zeros((bands, *self.shape), np.float64)
+        d, v = data[:bands, :rows, :width], valid[:rows, :width]
+        out_rows = (first_row + np.arange(rows)) // k
+        starts = np.flatnonzero(np.r_[True, out_rows[1:] != out_rows[:-1]])
+        if v.all():
+            xs = self._block_sums(d, starts)
+            widths = np.diff(np.r_[np.arange(0, width, k), width])
+            vs = np.diff(np.r_[starts, rows])[:, None] * widths[None, :]
+        else:
+            xs = self._block_sums(np.where(v, d, 0), starts)
+            vs = self._block_sums(v.view(np.uint8)[None], starts)[0]
+        self._sums[:, out_rows[starts]] += xs
+        self._counts[out_rows[starts]] += vs
+
+    def _block_sums(self, d: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Sums of ``d`` (bands, rows, width) over k columns, then over the row groups that
+        begin at ``starts``. The columns are summed as k strided slices added in place: one
+        pass over the strip, 2-3x faster than ``np.add.reduceat`` along the last axis."""
+        k = self.k
+        small_ints = d.dtype.kind in "ub" and d.dtype.itemsize == 1 and k <= 257
+        acc = np.zeros((*d.shape[:2], self.shape[1]), np.uint16 if small_ints else np.float64)
+        for j in range(k):
+            part = d[:, :, j::k]
+            acc[:, :, : part.shape[2]] += part
+        return np.add.reduceat(acc, starts, axis=1, dtype=np.float64)
+
+    def add_mask(self, first_row: int, mask: np.ndarray) -> None:
+        """``mask`` (rows, >= width) bool of scene rows ``first_row`` ...: each block's centre."""
+        rows = self._clip(first_row, mask.shape[0])
+        k, c = self.k, self.k // 2
+        picked = np.arange(rows)[(first_row + np.arange(rows)) % k == c]
+        if picked.size:
+            cols = mask[picked, c : self.width : k]
+            self._mask[(first_row + picked) // k, : cols.shape[1]] = cols
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self._counts > 0
+
+    @property
+    def image(self) -> np.ndarray:
+        """(bands, h, w) float32 block means, NaN where a block held no valid pixel."""
+        if self._sums is None:
+            return np.full((1, *self.shape), np.nan, np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (self._sums / self._counts).astype(np.float32)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self._mask
+
+
+def scene_quicklook(picture: Thumbnail, windows, path: Path, title: str) -> None:
+    """``quicklook.png`` of a mapped scene: the imagery with the buildings outlined in cyan,
+    and each window shaded by its predicted IoU in the five classes and colours of the
+    windows layer's QGIS style (red: poor), under a title and above a legend.
+
+    ``picture`` holds the imagery (:meth:`Thumbnail.add_image`) and the building mask
+    (:meth:`Thumbnail.add_mask`) gathered while the scene was mapped. Drawn with Pillow at the
+    thumbnail's own resolution (small scenes are enlarged by a whole factor), not matplotlib:
+    nothing is resampled, and it takes about 0.2 s where a figure took about 1 s, all of it
+    after the model's last batch.
+    """
+    from PIL import Image, ImageDraw
+    from rasterio.features import rasterize
+
+    from rscrisis.io.styles import IOU_CLASSES, RED_TO_GREEN
+
+    valid = picture.valid
+    rgb = _display(picture.image, valid)
     if windows is not None and len(windows) and "pred_iou" in windows:
         heat = rasterize(
             zip(windows.geometry, windows.pred_iou.astype(float), strict=True),
-            out_shape=shape,
-            transform=transform,
+            out_shape=picture.shape,
+            transform=picture.transform,
             fill=np.nan,
             dtype="float32",
         )
-        heat[~valid] = np.nan  # nodata stays white
-        layer = ax.imshow(heat, cmap="RdYlGn", vmin=0, vmax=1, alpha=0.3, interpolation="nearest")
-        fig.colorbar(layer, ax=ax, fraction=0.035, pad=0.01, label="predicted IoU of the window")
-    ax.set_title(title, fontsize=10)
-    ax.set_axis_off()
-    fig.tight_layout()
-    _save(fig, path)
+        shaded = np.isfinite(heat) & valid
+        colours = np.array([[int(c) / 255 for c in rgb_.split(",")] for rgb_ in RED_TO_GREEN])
+        cls = np.clip(np.digitize(heat[shaded], IOU_CLASSES[1:-1]), 0, len(colours) - 1)
+        rgb[shaded] = (1 - HEAT_ALPHA) * rgb[shaded] + HEAT_ALPHA * colours[cls]
+    zoom = max(1, math.ceil(MIN_QUICKLOOK_PX / max(picture.shape)))
+    outline = _outline(picture.mask & valid, width=2 if max(picture.shape) >= 800 else 1)
+    rgb[outline] = OUTLINE
+    pixels = (rgb * 255).round().astype(np.uint8)
+    if zoom > 1:
+        pixels = pixels.repeat(zoom, 0).repeat(zoom, 1)
+    h, w = pixels.shape[:2]
+    font = _font()
+    pad, line = 8, 20
+    width = max(w + 2 * pad, 640)
+    canvas = Image.new("RGB", (width, h + 2 * line + 4 * pad), "white")
+    canvas.paste(Image.fromarray(pixels), (pad, line + 2 * pad))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, pad), title, fill="black", font=font)
+    y = h + line + 3 * pad
+    x = pad
+    draw.text((x, y), "predicted IoU of the window:", fill="black", font=font)
+    x += int(draw.textlength("predicted IoU of the window:", font=font)) + pad
+    for k, colour in enumerate(RED_TO_GREEN):
+        fill = tuple(int(c) for c in colour.split(","))
+        draw.rectangle((x, y + 2, x + 14, y + 14), fill=fill, outline="grey")
+        label = f"{IOU_CLASSES[k]:.1f}-{min(IOU_CLASSES[k + 1], 1.0):.1f}"
+        draw.text((x + 18, y), label, fill="black", font=font)
+        x += 18 + int(draw.textlength(label, font=font)) + pad
+    cyan = tuple(int(255 * c) for c in OUTLINE)
+    draw.rectangle((x, y + 2, x + 14, y + 14), outline=cyan, width=2)
+    draw.text((x + 18, y), "buildings", fill="black", font=font)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG", compress_level=1)  # 0.14 s; level 6: 0.36 s, 7 % smaller
+
+
+def _font():
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=14)
+    except TypeError:  # Pillow < 10.1: the bitmap font, without a size
+        return ImageFont.load_default()
 
 
 def batch_overview(chips: list[dict[str, Any]], footprints, chosen, path: Path, title: str) -> None:

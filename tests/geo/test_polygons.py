@@ -329,3 +329,63 @@ def test_a_region_over_the_size_budget_is_written_as_flagged_strip_parts():
     assert normal == [100, 300]
     assert sum(p.pixels for p in big) == 256 * 40 and len(big) == 8
     assert all(p.geom.is_valid for p in big)
+
+
+def test_small_holes_are_filled_before_polygonising_and_the_buildings_stay_the_same():
+    """A speckled region's one-pixel holes are filled in the raster (so they never become
+    rings), and so is a small hole around a fleck once the fleck is dropped; a courtyard and a
+    hole cut by a strip border are left to the polygon pass. The buildings equal those of the
+    polygon pass alone."""
+    mask = np.zeros((96, 80), bool)
+    mask[8:90, 4:76] = True
+    rows = [12, 16, 20, 24, 36, 52, 56, 68, 72, 76, 80, 84]  # clear of the strip borders
+    mask[np.ix_(rows, [8, 14, 36, 42, 66, 72])] = False  # 72 one-pixel holes (0.25 m² each)
+    mask[40:50, 20:30] = False  # a courtyard of 25 m²: stays
+    mask[60:63, 50:53] = False
+    mask[61, 51] = True  # a fleck in a 3 x 3 hole
+    mask[31:33, 60:62] = False  # a small hole across the border of the 32-row strips
+    options = OutlineOptions(min_area=3.0, simplify=0)
+    shaper = BuildingShaper(T, (0.5, 0.5), options)
+
+    def run(too_small):
+        raw, shaped = [], []
+
+        def emit(piece):
+            raw.append(piece)
+            shaped.append(shaper(piece))
+
+        col = PolygonCollector(mask.shape[0], emit, too_small=too_small)
+        prob = np.where(mask, 0.8, 0.1)
+        for r in range(0, mask.shape[0], 32):
+            col.add_strip(r, mask[r : r + 32], prob[r : r + 32])
+        col.finish()
+        return raw, [s for s in shaped if s is not None]
+
+    raw_filled, filled = run(shaper.too_small)
+    raw_plain, plain = run(None)
+    big_filled = max(raw_filled, key=lambda p: p.pixels)
+    big_plain = max(raw_plain, key=lambda p: p.pixels)
+    assert big_filled.pixels == big_plain.pixels  # pixel counts are the mask's, unfilled
+    assert big_filled.prob_sum == pytest.approx(big_plain.prob_sum)
+    # without the raster fill every hole is a ring; with it, the courtyard and the cut hole
+    assert len(big_plain.geom.interiors) == 72 + 3
+    assert len(big_filled.geom.interiors) == 2
+    assert len(filled) == len(plain) == 1  # the island is too small to be a building
+    assert filled[0]["pixels"] == plain[0]["pixels"]
+    assert filled[0]["geometry"].equals(plain[0]["geometry"])
+    assert len(filled[0]["geometry"].interiors) == 1  # the courtyard
+
+
+def test_simplify_falls_back_to_preserving_topology_where_douglas_peucker_breaks_it():
+    from rscrisis.geo.polygons import simplify
+
+    square = Polygon([(0, 0), (10, 0), (10, 10), (0, 10)])
+    stair = Polygon([(0, 0), (10, 0), (10, 10), (5.2, 10), (5, 10.3), (4.8, 10), (0, 10)])
+    assert simplify(stair, 1.0).equals(square)  # plain Douglas-Peucker where it is valid
+    # a hole inside the bump that Douglas-Peucker would cut off: it would end up outside
+    shell = [(0, 0), (10, 0), (10, 10), (6, 10), (5, 10.8), (4, 10), (0, 10)]
+    hole = [(4.8, 10.2), (5.2, 10.2), (5, 10.5)]
+    bumped = Polygon(shell, [hole])
+    out = simplify(bumped, 1.0)
+    assert out.is_valid and len(out.interiors) == 1
+    assert Polygon(out.exterior).contains(Polygon(hole))
