@@ -243,7 +243,7 @@ def _bounds_origin(bounds) -> tuple[float, float]:
 
 
 def _agreement(out: Path, reference: Path) -> dict:
-    """How far a variant's map is from the fp32 map: mask IoU and mean |delta p|."""
+    """How far a variant's map is from the first variant's: mask IoU and mean |delta p|."""
     import rasterio
 
     if out == reference or not (reference / "mask.tif").exists():
@@ -265,9 +265,39 @@ def _agreement(out: Path, reference: Path) -> dict:
             diff += float(np.abs(va[ok].astype(float) - vb[ok]).sum()) / 254
             n += ok.sum()
     return {
-        "mask_iou_vs_fp32": round(inter / union, 4) if union else 1.0,
-        "mean_abs_dp_vs_fp32": round(diff / max(n, 1), 5),
+        "mask_iou_vs_ref": round(inter / union, 4) if union else 1.0,
+        "mean_abs_dp_vs_ref": round(diff / max(n, 1), 5),
     }
+
+
+def _truth_iou(out: Path, footprints: Path) -> dict:
+    """Pixel IoU of the map's mask against the generated scene's true footprints (the
+    ``.gpkg`` bench_tile writes beside it), rasterised on the mask's grid."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import rasterize
+
+    if not footprints.exists() or not (out / "mask.tif").exists():
+        return {}
+    with rasterio.open(out / "mask.tif") as ds:
+        mask = ds.read(1)
+        truth = gpd.read_file(footprints).to_crs(ds.crs)
+        true = rasterize(truth.geometry, out_shape=mask.shape, transform=ds.transform) == 1
+    ok = mask != 255
+    pred = (mask == 1) & ok
+    union = (pred | (true & ok)).sum()
+    return {"truth_iou": round(float((pred & true).sum() / union), 4) if union else 1.0}
+
+
+def _median_run(results: list[dict]) -> dict:
+    """The run with the median time (the lower one of an even count), with the range."""
+    ok = sorted((r for r in results if "seconds" in r), key=lambda r: r["seconds"])
+    if not ok:
+        return results[-1]
+    row = dict(ok[(len(ok) - 1) // 2])
+    if len(ok) > 1:
+        row["seconds_range"] = f"{ok[0]['seconds']}-{ok[-1]['seconds']}"
+    return row
 
 
 CHILDREN = {"forward": child_forward, "rscrisis": child_rscrisis, "torchgeo": child_torchgeo}
@@ -291,7 +321,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=8192, help="generated scene side (px)")
     parser.add_argument("--window", type=int, default=256)
-    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--overlap", type=int, default=64, help="overridden by +overlapN")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--model", type=Path, default=None, help="model file (default: untrained)")
@@ -301,7 +331,10 @@ def main() -> None:
         help="rscrisis precision / memory-format variants to run",
     )
     parser.add_argument(
-        "--only", choices=["all", "rscrisis"], default="all", help="skip forward and torchgeo"
+        "--only",
+        choices=["all", "rscrisis", "no-torchgeo"],
+        default="all",
+        help="rscrisis: skip the bare forward and TorchGeo; no-torchgeo: skip TorchGeo",
     )
     parser.add_argument("--no-banepa", action="store_true")
     parser.add_argument(
@@ -311,6 +344,12 @@ def main() -> None:
         "whose speckle makes thousands of small buildings (deterministic for a torch build)",
     )
     parser.add_argument("--forward-batches", type=int, default=30)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each measurement, interleaved; the table gives the median and the range",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--results", type=Path, default=HERE / "results")
     # child-process arguments
@@ -361,29 +400,46 @@ def main() -> None:
                 "precision": "bf16" if "bf16" in v else "fp32",
                 "channels_last": "channels-last" in v,
             }
-            if args.only == "all":
+            for part in v.split("+"):  # e.g. bf16+channels-last+overlap32: a smaller overlap
+                if part.startswith("overlap"):
+                    opts["overlap"] = int(part.removeprefix("overlap"))
+            if args.only != "rscrisis":
                 runs.append((f"bare forward {v}", "forward", opts))
             runs.append((f"rscrisis {v}", "rscrisis", opts))
         if args.only == "all":
             runs.append(("torchgeo GridGeoSampler", "torchgeo", {"precision": "fp32"}))
-        for name, kind, extra in runs:
-            out = work / f"out-{label.split()[0]}-{scene.stem}-{name.replace(' ', '_')}"
-            out.mkdir(exist_ok=True)
-            res = run_child(kind, scene=scene, out=out, model=model, **common, **extra)
-            if kind == "rscrisis" and "error" not in res:
-                ref = work / f"out-{label.split()[0]}-{scene.stem}-rscrisis_fp32"
-                res.update(_agreement(out, ref))
-            row = {"scene": label, "run": name, **res, "cpu_threads": os.cpu_count()}
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr)
+        reps: dict[str, list[dict]] = {name: [] for name, _, _ in runs}
+        for rep in range(args.repeat):  # interleaved, so drift hits every run alike
+            for name, kind, extra in runs:
+                out = work / f"out-{label.split()[0]}-{scene.stem}-{name.replace(' ', '_')}"
+                out.mkdir(exist_ok=True)
+                res = run_child(kind, scene=scene, out=out, model=model, **{**common, **extra})
+                if kind == "rscrisis" and "error" not in res:
+                    ref = work / f"out-{label.split()[0]}-{scene.stem}-rscrisis_{variants[0]}"
+                    res.update(_agreement(out, ref))
+                    res.update(_truth_iou(out, scene.with_suffix(".gpkg")))
+                reps[name].append(res)
+                print(json.dumps({"scene": label, "run": name, "repeat": rep, **res}),
+                      file=sys.stderr)  # fmt: skip
+        for name, _, _ in runs:
+            rows.append({"scene": label, "run": name, **_median_run(reps[name]),
+                         "cpu_threads": os.cpu_count()})  # fmt: skip
         fwd = {
-            r["run"].split()[-1]: r for r in rows if r["scene"] == label and "forward" in r["run"]
+            r["run"].removeprefix("bare forward "): r
+            for r in rows
+            if r["scene"] == label and r["run"].startswith("bare forward")
         }
         for r in rows:
             if r["scene"] == label and r["run"].startswith("rscrisis") and "mpx_per_s" in r:
-                ref = fwd.get(r["run"].split()[-1])  # same precision and memory format
+                key = r["run"].split(maxsplit=1)[-1]  # same precision, memory format, overlap
+                ref = fwd.get(key)
                 if ref and "mpx_per_s" in ref:
                     r["of_bare_forward"] = round(r["mpx_per_s"] / ref["mpx_per_s"], 3)
+                    pairs = zip(reps[r["run"]], reps[f"bare forward {key}"], strict=True)
+                    ratios = [a["mpx_per_s"] / b["mpx_per_s"] for a, b in pairs
+                              if "mpx_per_s" in a and "mpx_per_s" in b]  # fmt: skip
+                    if len(ratios) > 1:
+                        r["of_bare_range"] = f"{min(ratios):.3f}-{max(ratios):.3f}"
     keys = [
         "scene",
         "run",
@@ -391,6 +447,8 @@ def main() -> None:
         "mpx_per_s",
         "windows_per_s",
         "of_bare_forward",
+        "of_bare_range",
+        "seconds_range",
         "model_share",
         "peak_rss_mb",
         "buildings",
@@ -399,11 +457,13 @@ def main() -> None:
         "blend_cpu_s",
         "write_cpu_s",
         "polygons_cpu_s",
+        "quicklook_cpu_s",
         "after_last_batch_s",
         "helper_cpu_s_per_mpx",
         "helper_cpu_s_per_1000_buildings",
-        "mask_iou_vs_fp32",
-        "mean_abs_dp_vs_fp32",
+        "mask_iou_vs_ref",
+        "mean_abs_dp_vs_ref",
+        "truth_iou",
         "coverage",
         "error",
     ]
