@@ -19,7 +19,13 @@ measurement runs in a fresh process whose peak RSS is reported:
   TorchGeo inference code usually does), written as a GeoTIFF at the end.
 
 The model is an untrained resnet18 U-Net (speed does not depend on weights) unless --model is
-given. Prints a table and saves it as CSV and JSON under benchmarks/results/.
+given; with --model, ``--dense`` adds the same generated scene through the seeded untrained
+model (a speckled map). Variants combine ``fp32``/``bf16``, ``channels-last`` and
+``overlapN`` (``bf16+channels-last+overlap32``). ``--repeat N`` runs every measurement N
+times, interleaved, and reports the median run with the range; the ratio to the bare forward
+pairs the runs of one repetition. Where the generated scene's footprints are beside it, each
+map's pixel IoU against them is reported (``truth_iou``). Prints a table and saves it as CSV
+and JSON under benchmarks/results/.
 """
 
 from __future__ import annotations
