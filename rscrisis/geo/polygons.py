@@ -266,7 +266,8 @@ def simplify(geom, tolerance: float, fallback: bool = True):
     trained model's 1,258 buildings, 5x on a speckled map's region parts) and gives the same
     outline for 99.8 % of buildings. Where its result is invalid (a ring crossing itself or a
     hole), collapses, or loses a part or a hole (GEOS drops a hole that ends up outside the
-    simplified shell), the topology-preserving result is used instead; without ``fallback``
+    simplified shell), the topology-preserving result is used instead, or the outline as it
+    is where that is invalid too (GEOS 3.11 lets a hole end up outside); without ``fallback``
     (the ``oversize`` parts of a region too large to be a building, where that variant took
     1.6 s for 8 parts of a speckled map) the outline is kept as it is.
     """
@@ -280,6 +281,8 @@ def simplify(geom, tolerance: float, fallback: bool = True):
         if not fallback:
             return geom
         simple = shapely.simplify(geom, tolerance, preserve_topology=True)
+        if not simple.is_valid:  # GEOS 3.11 (shapely 2.0) may leave a hole outside even so
+            return geom
     return simple
 
 
