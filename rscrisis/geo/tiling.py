@@ -52,7 +52,6 @@ from rscrisis.io.raster import (
     gtiff_profile,
     inspect_scene,
     open_grid,
-    read_padded,
     read_raster,
     target_grid,
 )
@@ -430,7 +429,7 @@ class _SceneTiler:
         config, info = self.config, self.plan.info
         c0, r0 = int(chunk[0].window.col_off), int(chunk[0].window.row_off)
         cwin = Window(c0, r0, int(chunk[-1].window.col_off) + config.size - c0, config.size)
-        data, valid = read_padded(ds, info.bands, cwin, fill=self.fill)
+        data, valid = ds.read(info.bands, cwin, fill=self.fill)
         if info.nodata is not None:
             data[:, ~valid] = info.nodata
         if self.geoms is None or self.sindex is None:

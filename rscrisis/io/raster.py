@@ -3,9 +3,9 @@
 Field imagery arrives in many shapes: georeferencing held only in ``.aux.xml`` sidecars (GDAL's
 PAM, read transparently by ``rasterio.open``), geographic or projected CRSs, uint8 or uint16, an
 alpha band instead of a nodata value, sizes that are not a multiple of anything. This module turns
-all of that into one :class:`SceneInfo` (what the scene is) and :func:`open_grid` (a dataset,
-possibly a resampling ``WarpedVRT``, to read windows from), so that the tiler and the whole-scene
-predictor read imagery the same way.
+all of that into one :class:`SceneInfo` (what the scene is) and :func:`open_grid` (a
+:class:`GridReader` of windows: the file, a :class:`ScaledReader` resampling it, or a GDAL
+``WarpedVRT``), so that the tiler and the whole-scene predictor read imagery the same way.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ PROB_NODATA = 255
 #: In bytes: rasterio passes an int through, and GDAL took a bare 256 as 256 *bytes* (every
 #: warped read then decompressed its source blocks again: 8x slower reads).
 GDAL_CACHE_BYTES = 64 * 2**20
+
+#: the most source pixels (as float32 bytes) that :class:`ScaledReader` resamples at once,
+#: like GDAL's warp memory limit
+SCALED_READ_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -294,9 +298,177 @@ def target_grid(info: SceneInfo, resolution_m: float | None, resampling: str) ->
     )
 
 
+class GridReader:
+    """Windows of a :class:`Grid`, read as ``(data, valid)``: data shaped (bands, h, w) in the
+    source dtype, ``valid`` a boolean (h, w) array, False for nodata, masked pixels and the
+    padding outside the grid (see :func:`read_padded`). Made by :func:`open_grid`."""
+
+    def __init__(self, grid: Grid, ds: rasterio.io.DatasetReaderBase) -> None:
+        self.grid = grid
+        self.dataset = ds  # the file itself, or the WarpedVRT reading it
+
+    @property
+    def width(self) -> int:
+        return self.grid.width
+
+    @property
+    def height(self) -> int:
+        return self.grid.height
+
+    @property
+    def crs(self) -> CRS:
+        return self.grid.crs
+
+    def read(self, bands: Sequence[int], window: Window, fill: float = 0):
+        return read_padded(self.dataset, bands, window, fill)
+
+
+class ScaledReader(GridReader):
+    """Bilinear resampling of a north-up scene onto a north-up grid in its own CRS, as two
+    separable 1-D passes over the window's native pixels.
+
+    This is GDAL's warp kernel computed the cheap way: a pure change of scale needs no
+    per-pixel coordinate transform, and a separable kernel costs 2 x taps per output pixel
+    instead of taps^2. Measured on a 0.3 m scene resampled to 0.25 m (a 4917 px wide strip of
+    256 rows): 0.17 CPU-s through a WarpedVRT, 0.02 s here, with the same values to within one
+    grey level. The kernel is GDAL's: the triangle ``1 - |d|`` over source pixel centres,
+    stretched by the scale when downsampling (anti-aliasing: every source pixel under the output
+    pixel counts), weights renormalised over the valid source pixels (edges, nodata, alpha,
+    masks). An output pixel is valid where the source pixel under its centre is, as in GDAL's
+    warper. Integers are rounded half up.
+    """
+
+    def __init__(self, grid: Grid, src: rasterio.io.DatasetReaderBase) -> None:
+        super().__init__(grid, src)
+        st, gt = src.transform, grid.transform
+        # continuous source pixel coordinates of the output pixel centres: u = a * (j + 0.5) + b
+        self._cols = (gt.a / st.a, (gt.c - st.c) / st.a)
+        self._rows = (gt.e / st.e, (gt.f - st.f) / st.e)
+
+    @staticmethod
+    def eligible(info: SceneInfo, grid: Grid) -> bool:
+        """Whether this reader gives the warper's result: bilinear, no rotation or shear, and
+        the grid in the scene's own CRS (target_grid's grids always are)."""
+        t = info.transform
+        return (
+            isinstance(grid, ResampledGrid)
+            and grid.resampling == "bilinear"
+            and grid.crs == info.crs
+            and t.b == 0
+            and t.d == 0
+            and grid.transform.b == 0
+            and grid.transform.d == 0
+        )
+
+    def read(self, bands: Sequence[int], window: Window, fill: float = 0):
+        h, w = int(window.height), int(window.width)
+        r0, c0 = int(window.row_off), int(window.col_off)
+        rr0, cc0 = max(r0, 0), max(c0, 0)
+        rr1, cc1 = min(r0 + h, self.grid.height), min(c0 + w, self.grid.width)
+        src = self.dataset
+        dtype = np.dtype(src.dtypes[bands[0] - 1])
+        data = np.full((len(bands), h, w), fill, dtype=dtype)
+        valid = np.zeros((h, w), dtype=bool)
+        if rr1 <= rr0 or cc1 <= cc0:
+            return data, valid
+        rows = _bilinear_taps(*self._rows, rr0, rr1, src.height)
+        cols = _bilinear_taps(*self._cols, cc0, cc1, src.width)
+        # blocks of output pixels whose source pixels, as float32, stay within
+        # SCALED_READ_BYTES (a strip downsampled 5x reads 25x its pixels): whole rows when
+        # they fit, at least 64 columns wide
+        budget = SCALED_READ_BYTES / (len(bands) * 4)
+        per_px = (max(1.0, abs(self._rows[0])) + 2) * (max(1.0, abs(self._cols[0])) + 2)
+        row_step = max(1, min(rr1 - rr0, int(budget / (per_px * 64))))
+        col_step = max(64, int(budget / (per_px * row_step)))
+        for i0 in range(0, rr1 - rr0, row_step):
+            rpart = tuple(a[i0 : i0 + row_step] for a in rows)
+            for j0 in range(0, cc1 - cc0, col_step):
+                cpart = tuple(a[j0 : j0 + col_step] for a in cols)
+                out, ok = self._resample(bands, rpart, cpart, dtype)
+                top, left = rr0 - r0 + i0, cc0 - c0 + j0
+                sl = (slice(top, top + len(rpart[0])), slice(left, left + len(cpart[0])))
+                target, values = data[:, sl[0], sl[1]], out.transpose(2, 1, 0)
+                if ok.all():
+                    target[:] = values
+                else:
+                    np.copyto(target, values, casting="unsafe", where=ok)
+                valid[sl] = ok
+        return data, valid
+
+    def _resample(self, bands, rows, cols, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(values (cols, rows, bands) float32, rounded for integer dtypes; validity) of the
+        output pixels whose taps are ``rows`` and ``cols`` (see :func:`_bilinear_taps`)."""
+        (ri, rw, rnear), (ci, cw, cnear) = rows, cols
+        s_r0, s_c0 = int(ri.min()), int(ci.min())
+        swin = Window(s_c0, s_r0, int(ci.max()) + 1 - s_c0, int(ri.max()) + 1 - s_r0)
+        block, block_valid = read_padded(self.dataset, bands, swin, fill=0)  # inside the source
+        ri, ci = ri - s_r0, ci - s_c0
+        all_valid = bool(block_valid.all())
+        out = _separable(block if all_valid else block * block_valid, ri, rw, ci, cw)
+        ok = block_valid[np.ix_(np.clip(rnear - s_r0, 0, None), np.clip(cnear - s_c0, 0, None))]
+        ok &= (rnear >= 0)[:, None] & (cnear >= 0)[None, :]
+        if not all_valid:  # renormalise over the valid taps
+            den = _separable(block_valid[None], ri, rw, ci, cw)[..., 0].T
+            ok &= den > 0
+            den = den.T[..., None]
+            np.divide(out, den, out=out, where=den > 0)
+        if dtype.kind in "ui":  # GDAL rounds half up; a convex combination needs no clip
+            out += 0.5
+            np.floor(out, out=out)
+        return out, ok
+
+
+def _bilinear_taps(
+    scale: float, offset: float, start: int, stop: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axis of :class:`ScaledReader`'s kernel for output pixels ``start..stop-1``:
+    (source indices (n, taps), their weights (n, taps), each output pixel's nearest source
+    index or -1 where its centre falls outside the source). Taps outside the source get weight
+    0; each row's weights sum to 1 where any tap is inside."""
+    u = scale * (np.arange(start, stop, dtype=np.float64) + 0.5) + offset
+    radius = max(abs(scale), 1.0)  # the triangle is stretched when downsampling
+    taps = math.ceil(2 * radius) + 1
+    first = np.floor(u - radius - 0.5).astype(np.int64)
+    idx = first[:, None] + np.arange(taps)[None, :]
+    weight = np.clip(1.0 - np.abs(idx + 0.5 - u[:, None]) / radius, 0.0, None)
+    inside = (idx >= 0) & (idx < size)
+    weight[~inside] = 0.0
+    total = weight.sum(axis=1, keepdims=True)
+    np.divide(weight, total, out=weight, where=total > 0)
+    near = np.floor(u).astype(np.int64)
+    near[(near < 0) | (near >= size)] = -1
+    return np.clip(idx, 0, size - 1), weight.astype(np.float32), near
+
+
+def _separable(
+    x: np.ndarray, ri: np.ndarray, rw: np.ndarray, ci: np.ndarray, cw: np.ndarray
+) -> np.ndarray:
+    """(cols, rows, bands) float32 of ``x`` (bands, source rows, source cols): the rows pass,
+    then the columns pass, each one sparse matrix product (scipy.sparse: 2 x taps
+    multiply-adds per output pixel; numpy gathers took 5x longer)."""
+    import scipy.sparse as sp
+
+    def matrix(idx: np.ndarray, weight: np.ndarray, size: int):
+        n, taps = idx.shape
+        m = sp.csr_matrix(
+            (weight.ravel().copy(), idx.ravel().copy(), np.arange(0, n * taps + 1, taps)),
+            shape=(n, size),
+        )
+        m.eliminate_zeros()  # in place: hence the copies, the taps are reused
+        return m
+
+    bands, h, w = x.shape
+    by_row = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=np.float32).reshape(h, bands * w)
+    rows = matrix(ri, rw, h) @ by_row  # (out rows, bands x source cols)
+    by_col = np.ascontiguousarray(rows.reshape(-1, w).T)  # (source cols, out rows x bands)
+    out = matrix(ci, cw, w) @ by_col
+    return out.reshape(ci.shape[0], ri.shape[0], bands)
+
+
 @contextlib.contextmanager
-def open_grid(info: SceneInfo, grid: Grid) -> Iterator[rasterio.io.DatasetReaderBase]:
-    """A dataset to read ``grid`` windows from: the file itself or a resampling WarpedVRT.
+def open_grid(info: SceneInfo, grid: Grid) -> Iterator[GridReader]:
+    """A reader of ``grid`` windows: the file itself, a :class:`ScaledReader` when the grid is a
+    bilinear change of scale, or else a resampling WarpedVRT.
 
     Validity comes from GDAL's mask machinery either way (nodata value, alpha band, internal
     mask); a resampling VRT over a source without nodata gets an alpha band so pixels outside
@@ -304,7 +476,10 @@ def open_grid(info: SceneInfo, grid: Grid) -> Iterator[rasterio.io.DatasetReader
     """
     with open_raster(info.path) as src:
         if not grid.resampled:
-            yield src
+            yield GridReader(grid, src)
+            return
+        if ScaledReader.eligible(info, grid):
+            yield ScaledReader(grid, src)
             return
         assert isinstance(grid, ResampledGrid)
         vrt_opts: dict = {
@@ -314,10 +489,10 @@ def open_grid(info: SceneInfo, grid: Grid) -> Iterator[rasterio.io.DatasetReader
             "height": grid.height,
             "resampling": Resampling[grid.resampling],
         }
-        if info.nodata is None:
+        if info.nodata is None and not info.has_alpha:  # GDAL refuses a second alpha band
             vrt_opts["add_alpha"] = True
         with WarpedVRT(src, **vrt_opts) as vrt:
-            yield vrt
+            yield GridReader(grid, vrt)
 
 
 def read_padded(

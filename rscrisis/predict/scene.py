@@ -20,8 +20,9 @@ The mask has a colour table and both maps band descriptions; the GeoPackages car
 styles (rscrisis.io.styles): buildings as outlines, windows coloured by predicted IoU.
 
 The pipeline: a reader thread reads one strip of window rows at a time (only the part inside
-the scene; a resampling WarpedVRT when the scene's resolution differs from the model's),
-normalises and batches windows; the main thread runs the model; a writer thread blends windows
+the scene, resampled by :func:`rscrisis.io.raster.open_grid` when the scene's resolution
+differs from the model's), normalises and batches windows; the main thread runs the model; a
+writer thread blends windows
 (:mod:`rscrisis.geo.stitching`), writes block-aligned strips of the intermediate GeoTIFFs and
 polygonises them (:mod:`rscrisis.geo.polygons`). Peak memory depends on the scene width and the
 batch, never on the scene height. The COGs (with overviews) are made from the intermediates at
@@ -57,7 +58,6 @@ from rscrisis.io.raster import (
     gtiff_profile,
     inspect_scene,
     open_grid,
-    read_padded,
     target_grid,
 )
 from rscrisis.io.styles import IOU_CLASSES, RED_TO_GREEN, add_style, graduated
@@ -246,7 +246,7 @@ def _read_batches(
             row_specs = plan.row_windows(i)
             keep = max(0, strip_end - row_off) if x_strip is not None else 0
             with clock.stage("read"):
-                data, valid = read_padded(ds, bands, Window(0, row_off + keep, strip_w, s - keep))
+                data, valid = ds.read(bands, Window(0, row_off + keep, strip_w, s - keep))
             if picture is not None:
                 with clock.stage("quicklook"):
                     picture.add_image(row_off + keep, data, valid)
