@@ -264,26 +264,56 @@ def simplify(geom, tolerance: float, fallback: bool = True):
 
     Plain Douglas-Peucker is 10-20x faster than GEOS' topology-preserving variant (17x on a
     trained model's 1,258 buildings, 5x on a speckled map's region parts) and gives the same
-    outline for 99.8 % of buildings. Where its result is invalid (a ring crossing itself or a
-    hole), collapses, or loses a part or a hole (GEOS drops a hole that ends up outside the
-    simplified shell), the topology-preserving result is used instead, or the outline as it
-    is where that is invalid too (GEOS 3.11 lets a hole end up outside); without ``fallback``
-    (the ``oversize`` parts of a region too large to be a building, where that variant took
-    1.6 s for 8 parts of a speckled map) the outline is kept as it is.
+    outline for 99.8 % of buildings. It runs ring by ring first (:func:`_simplify_rings`):
+    GEOS' polygon version repairs an invalid result with ``buffer(0)``, which took 3.1 of the
+    4.0 CPU-s of a speckled map's simplification, on the 20 region parts of 60,000 to 80,000
+    vertices and a thousand holes each. Where that result is valid and keeps every part and
+    hole, it is the outline GEOS' version gives. Otherwise GEOS' version is tried, then the
+    topology-preserving one; a result that is invalid (a ring crossing itself or a hole),
+    collapses, or loses a part or a hole (GEOS drops a hole that ends up outside the
+    simplified shell) is not used, and the outline is kept as it is where the last is invalid
+    too (GEOS 3.11 lets a hole end up outside). Without ``fallback`` (the ``oversize`` parts of
+    a region too large to be a building) the outline is kept as it is as soon as the ring by
+    ring result fails: its repair cost seconds for a few per cent fewer vertices.
     """
+    simple = _simplify_rings(geom, tolerance)
+    if _same_topology(simple, geom):
+        return simple
+    if not fallback:
+        return geom
     simple = shapely.simplify(geom, tolerance, preserve_topology=False)
-    if (
-        simple.is_empty
-        or simple.geom_type != geom.geom_type
-        or _rings(simple) != _rings(geom)
-        or not simple.is_valid
-    ):
-        if not fallback:
-            return geom
+    if not _same_topology(simple, geom):
         simple = shapely.simplify(geom, tolerance, preserve_topology=True)
         if not simple.is_valid:  # GEOS 3.11 (shapely 2.0) may leave a hole outside even so
             return geom
     return simple
+
+
+def _simplify_rings(geom, tolerance: float):
+    """Douglas-Peucker on each ring of a polygon or multipolygon (vectorised shapely), without
+    any repair; holes that collapse are dropped, and a collapsed shell gives an empty
+    polygon."""
+    parts = shapely.get_parts(geom)
+    out = []
+    for part in parts:
+        rings = np.array([part.exterior, *part.interiors], dtype=object)
+        simple = shapely.simplify(rings, tolerance, preserve_topology=False)
+        kept = shapely.get_num_coordinates(simple) >= 4
+        if not kept[0]:
+            return shapely.Polygon()
+        out.append(shapely.Polygon(simple[0], simple[1:][kept[1:]]))
+    return out[0] if geom.geom_type == "Polygon" else shapely.MultiPolygon(out)
+
+
+def _same_topology(simple, geom) -> bool:
+    """Whether a simplified outline can stand for ``geom``: valid, of the same type, with the
+    same parts and holes."""
+    return (
+        not simple.is_empty
+        and simple.geom_type == geom.geom_type
+        and _rings(simple) == _rings(geom)
+        and bool(simple.is_valid)
+    )
 
 
 def _rings(geom) -> tuple[int, int]:
