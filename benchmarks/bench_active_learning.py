@@ -186,6 +186,13 @@ def main() -> None:
         help="adapt the pretrained model to the pool's imagery first (rscrisis adapt methods, "
         "comma-separated); compared with the run without in the same --workdir when present",
     )
+    parser.add_argument(
+        "--replay-norm",
+        choices=("current", "source"),
+        default=None,
+        help="finetune --replay-norm (default: finetune's); with --adapt adabn, 'source' "
+        "normalises the replayed pretraining tiles with the pretraining area's statistics",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--resume", action="store_true", help="continue a killed run in --workdir")
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -217,6 +224,8 @@ def main() -> None:
     ft = {"val_fraction": 0.0, "threads": args.threads}
     if args.steps:
         ft["steps"] = args.steps
+    if args.replay_norm:
+        ft["replay_norm"] = args.replay_norm
     config = SimulateConfig(
         formulas=tuple(args.formulas.split(",")),
         rounds=args.rounds,
@@ -230,6 +239,8 @@ def main() -> None:
         adapt=AdaptConfig(methods=tuple(args.adapt.split(","))) if args.adapt else None,
     )
     suffix = f"-adapt-{args.adapt.replace(',', '+')}" if args.adapt else ""
+    if args.replay_norm:
+        suffix += f"-replay-{args.replay_norm}"
     sim = work / f"simulation-{args.setting}{suffix}"
 
     def progress(done: int, total: int, text: str = "") -> None:

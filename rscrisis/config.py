@@ -396,6 +396,12 @@ class FinetuneConfig(FittingConfig):
     replay_ratio: float = Field(
         1.0, ge=0, description="replayed tiles per new tile in each batch (0 disables replay)"
     )
+    replay_norm: Literal["current", "source"] = Field(
+        "current",
+        description="batch-norm statistics for the replayed pretraining tiles of a model "
+        "adapted with adabn: the adapted ones (current) or the pretraining area's (source), "
+        "which adapt keeps in the model file",
+    )
     max_empty_share: float = Field(
         0.5,
         ge=0,

@@ -13,7 +13,16 @@ from rscrisis.config import SimulateConfig
 
 #: the fine-tuning knobs that shape the curves; the rest of each round's FinetuneConfig is
 #: finetune's defaults with no held-out slice (every tile the oracle reveals trains)
-ROUND_KNOBS = ("steps", "ema", "replay_ratio", "lr_scale", "freeze_stages", "batch_size", "threads")
+ROUND_KNOBS = (
+    "steps",
+    "ema",
+    "replay_ratio",
+    "replay_norm",
+    "lr_scale",
+    "freeze_stages",
+    "batch_size",
+    "threads",
+)
 
 
 @configured(

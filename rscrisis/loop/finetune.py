@@ -199,7 +199,15 @@ def finetune_tilesets(
     replay_sources = _replay_sources(meta, config, list(extra_replay))
     replay_ds = None
     if config.replay_ratio > 0:
-        replay_ds = replay_dataset(replay_sources, meta, new_ids, config.seed, config.augment)
+        pretraining = present_pretraining_tilesets(meta.training)
+        replay_ds = replay_dataset(
+            replay_sources,
+            meta,
+            new_ids,
+            config.seed,
+            config.augment,
+            source_domain=pretraining if config.replay_norm == "source" else (),
+        )
     n_replay_tiles = 0 if replay_ds is None else len(replay_ds)
 
     def dataset(idx, aug):
@@ -229,6 +237,7 @@ def finetune_tilesets(
         iou_loss_weight=config.iou_loss_weight,
         seed=config.seed,
         precision=config.precision,
+        replay_norm=config.replay_norm,
     )
     fitted = fit_steps(
         model,

@@ -109,6 +109,7 @@ def adabn(
         for m in model.modules()
         if isinstance(m, _BatchNorm) and m.running_mean is not None and m.running_var is not None
     ]
+    model.keep_source_norm()  # the statistics replayed pretraining tiles can be normalised with
     momenta = [m.momentum for m in layers]
     source = [(m.running_mean.clone(), m.running_var.clone()) for m in layers]  # type: ignore[union-attr]
     for m in layers:

@@ -312,6 +312,8 @@ class TileDataset(_DatasetBase):
         self.scale = 255.0 if dtype == "uint8" else float(np.max(self.mean + 4 * self.std))
         self.augment = augment
         self._cache: dict[int, tuple] | None = {} if cache else None
+        #: per tile, whether it comes from the pretraining area (see replay_dataset)
+        self.source_domain = np.zeros(len(self.images), bool)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -375,9 +377,20 @@ def present_pretraining_tilesets(training: dict) -> list[Path]:
     return present
 
 
-def replay_dataset(sources: list[Path], meta, exclude: set[str], seed: int, augment: bool = True):
+def replay_dataset(
+    sources: list[Path],
+    meta,
+    exclude: set[str],
+    seed: int,
+    augment: bool = True,
+    source_domain: Sequence[Path] = (),
+):
     """The labelled tiles of ``sources`` other than the ``exclude`` ids, as a TileDataset with
-    their own augmentation stream (``seed + 1``); None when there are none."""
+    their own augmentation stream (``seed + 1``); None when there are none.
+
+    Its ``source_domain`` (bool per tile) marks the tiles of the ``source_domain`` tile sets:
+    the pretraining area's, which fine-tuning can normalise with the model's source batch-norm
+    statistics (rscrisis.ml.training.fit_steps)."""
     from rscrisis.ml.model import check_bands
 
     if not sources:
@@ -387,7 +400,7 @@ def replay_dataset(sources: list[Path], meta, exclude: set[str], seed: int, augm
     frame = table.frame[~table.frame.tile_id.isin(exclude)]
     if not len(frame):
         return None
-    return TileDataset(
+    dataset = TileDataset(
         frame.image_path,
         frame.mask_path,
         meta.mean,
@@ -395,3 +408,9 @@ def replay_dataset(sources: list[Path], meta, exclude: set[str], seed: int, augm
         table.dtype,
         augment=augmentation(seed + 1) if augment else None,
     )
+    roots = [Path(s).resolve() for s in source_domain]
+    dataset.source_domain = np.array(
+        [any(Path(p).resolve().is_relative_to(r) for r in roots) for p in frame.image_path],
+        dtype=bool,
+    )
+    return dataset

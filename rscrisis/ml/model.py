@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -42,6 +44,8 @@ from rscrisis.io.outputs import atomic_path
 log = logging.getLogger(__name__)
 
 N_PROB_STATS = 4
+#: separator of a batch-norm layer's path in the ``source_norm.*`` tensor names ("." nests)
+SOURCE_SEP = "__"
 
 
 def iou_or_empty(inter: torch.Tensor, union: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -119,6 +123,65 @@ class BuildingSegmenter(nn.Module):
         base = torch.logit(stats[:, 2].clamp(1e-3, 1 - 1e-3)).to(embedding.dtype)
         iou = torch.sigmoid(base + self.iou_head(head_in).squeeze(1))
         return logits, iou, embedding
+
+    # -- the source domain's batch-norm statistics (kept by rscrisis.ml.adaptation.adabn) --
+
+    def norm_layers(self) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+        return {
+            name: m
+            for name, m in self.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+        }
+
+    @property
+    def has_source_norm(self) -> bool:
+        return isinstance(getattr(self, "source_norm", None), nn.Module)
+
+    def keep_source_norm(self) -> None:
+        """Remember every batch-norm layer's current statistics as the *source* ones, once: a
+        model adapted twice keeps those of the data it was trained on. They travel in the
+        model file as ``source_norm.*`` tensors, and :meth:`source_statistics` puts them back
+        while the pretraining tiles are replayed."""
+        if self.has_source_norm:
+            return
+        holder = nn.Module()
+        for name, m in self.norm_layers().items():
+            key = name.replace(".", SOURCE_SEP)
+            holder.register_buffer(f"{key}{SOURCE_SEP}mean", m.running_mean.detach().clone())  # type: ignore[union-attr]
+            holder.register_buffer(f"{key}{SOURCE_SEP}var", m.running_var.detach().clone())  # type: ignore[union-attr]
+        self.source_norm = holder
+
+    @contextmanager
+    def source_statistics(self) -> Iterator[None]:
+        """Batch-norm layers normalise with the source statistics inside the block (the
+        tensors are swapped, not copied into, so autograd keeps what it saved)."""
+        layers = self.norm_layers()
+        if not self.has_source_norm:
+            yield
+            return
+        held = {n: (m.running_mean, m.running_var) for n, m in layers.items()}
+        try:
+            for name, m in layers.items():
+                key = name.replace(".", SOURCE_SEP)
+                m.running_mean = getattr(self.source_norm, f"{key}{SOURCE_SEP}mean")
+                m.running_var = getattr(self.source_norm, f"{key}{SOURCE_SEP}var")
+            yield
+        finally:
+            for name, m in layers.items():
+                m.running_mean, m.running_var = held[name]
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):  # type: ignore[override]
+        """As torch's, with the optional ``source_norm.*`` tensors made to match ``state_dict``
+        first (a model file from before ``adapt`` kept them has none)."""
+        wanted = [k for k in state_dict if k.startswith("source_norm.")]
+        if wanted and not self.has_source_norm:
+            holder = nn.Module()
+            for k in wanted:
+                holder.register_buffer(k.split(".", 1)[1], torch.empty_like(state_dict[k]))
+            self.source_norm = holder.to(next(self.parameters()).device)
+        elif not wanted and self.has_source_norm:
+            del self.source_norm
+        return super().load_state_dict(state_dict, strict=strict, **kwargs)
 
     def encoder_stages(self) -> list[nn.Module]:
         """Top-level encoder children in order, for freezing the first N stages."""

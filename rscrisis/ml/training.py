@@ -162,11 +162,23 @@ def batch_losses(
     options: LossOptions,
     progress: float,
     threshold: float,
+    replay_from: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(segmentation loss, IoU-head loss) of one batch: the head regresses the per-tile IoU
-    of the detached thresholded prediction (NaN tiles, without valid pixels, left out)."""
+    of the detached thresholded prediction (NaN tiles, without valid pixels, left out).
+
+    ``replay_from``: the tiles from this index on are replayed pretraining tiles, normalised
+    with the model's source batch-norm statistics (:meth:`BuildingSegmenter.source_statistics`;
+    batch norm must be in eval mode); the losses are those of the whole batch."""
     with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-        logits, iou_pred, _ = model(x, valid.unsqueeze(1))
+        v = valid.unsqueeze(1)
+        if replay_from is None or not 0 < replay_from < len(x):
+            logits, iou_pred, _ = model(x, v)
+        else:
+            new = model(x[:replay_from], v[:replay_from])
+            with model.source_statistics():
+                old = model(x[replay_from:], v[replay_from:])
+            logits, iou_pred = (torch.cat([a, b]) for a, b in zip(new[:2], old[:2], strict=True))
     seg_loss = segmentation_loss(logits, mask, valid, options, progress)
     with torch.no_grad():
         pred = torch.sigmoid(logits.detach().float()).squeeze(1) > threshold
@@ -264,9 +276,15 @@ class Trainer:
                     m.eval()
 
     def step(
-        self, x: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, where: str
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        valid: torch.Tensor,
+        where: str,
+        replay_from: int | None = None,
     ) -> tuple[float, float]:
-        """One optimisation step on a batch; (segmentation loss, IoU-head loss)."""
+        """One optimisation step on a batch; (segmentation loss, IoU-head loss).
+        ``replay_from``: see :func:`batch_losses`."""
         seg_loss, iou_loss = batch_losses(
             self.model,
             x,
@@ -276,6 +294,7 @@ class Trainer:
             self.loss_options,
             self.steps_done / self.plan.total,
             self.threshold,
+            replay_from,
         )
         loss = seg_loss + self.iou_loss_weight * iou_loss
         check_finite(loss, where, self.lr)
@@ -695,6 +714,7 @@ class StepPlan:
     iou_loss_weight: float = 0.5
     seed: int = 0
     precision: str = "auto"
+    replay_norm: str = "current"  # or "source": see FinetuneConfig.replay_norm
 
 
 @dataclass
@@ -874,6 +894,10 @@ def fit_steps(
     (a held-out slice large enough to trust) the starting weights stay in the running, and the
     best of start and the evaluations every ``eval_every`` steps is kept; otherwise the budget
     is fixed and ``check`` only reports before -> after.
+
+    With ``plan.replay_norm == "source"``, batch norm frozen and a model that kept its source
+    statistics (``adapt --method adabn``), the replayed tiles are normalised with those, and
+    the new tiles with the adapted ones.
     """
     device = device or torch.device("cpu")
     rng = np.random.default_rng(plan.seed)
@@ -886,6 +910,15 @@ def fit_steps(
             round(plan.batch_size * plan.replay_ratio / (1 + plan.replay_ratio)),
         )
     n_new = plan.batch_size - n_replay
+    source_domain = getattr(replay, "source_domain", None)
+    by_domain = bool(
+        n_replay
+        and freeze_norm
+        and plan.replay_norm == "source"
+        and model.has_source_norm
+        and source_domain is not None
+        and source_domain.any()
+    )
     trainer = Trainer(
         model,
         lr=plan.lr,
@@ -921,13 +954,19 @@ def fit_steps(
         trainer.train_mode()
         t0 = time.perf_counter()
         picks = [new[int(i)] for i in rng.choice(len(new), size=n_new, p=weights)]
+        replay_from = None
         if n_replay:
             assert replay is not None
-            picks += [replay[int(i)] for i in rng.integers(0, len(replay), size=n_replay)]
+            drawn = rng.integers(0, len(replay), size=n_replay)
+            if by_domain:  # the source domain's tiles last, normalised with its statistics
+                assert source_domain is not None
+                drawn = drawn[np.argsort(source_domain[drawn], kind="stable")]
+                replay_from = n_new + int((~source_domain[drawn]).sum())
+            picks += [replay[int(i)] for i in drawn]
         drawn_new += n_new
         drawn_replay += n_replay
         x, mask, valid = stack_items([_fit_to(item, size, rng) for item in picks], device)
-        seg_loss, iou_loss = trainer.step(x, mask, valid, f"step {step + 1}")
+        seg_loss, iou_loss = trainer.step(x, mask, valid, f"step {step + 1}", replay_from)
         losses.append((seg_loss, iou_loss))
         t_train += time.perf_counter() - t0
         last = step + 1 == plan.steps

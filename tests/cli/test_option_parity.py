@@ -30,9 +30,9 @@ HIDDEN = {
     ("simulate", "finetune"): "the nested FinetuneConfig: its round knobs are options below",
     **{
         ("simulate", f): "every round fine-tunes with finetune's defaults; the knobs that "
-        "shape the curves (--steps, --ema, --replay-ratio, --lr-scale, --freeze-stages, "
-        "--batch-size, --threads) are options, and val_fraction is 0 (the oracle's every "
-        "labelled tile trains)"
+        "shape the curves (--steps, --ema, --replay-ratio, --replay-norm, --lr-scale, "
+        "--freeze-stages, --batch-size, --threads) are options, and val_fraction is 0 "
+        "(the oracle's every labelled tile trains)"
         for f in (
             "freeze_encoder",
             "transfer",

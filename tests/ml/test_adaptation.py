@@ -209,7 +209,9 @@ def test_simulate_with_adapt_starts_every_curve_from_the_adapted_model(
         test_fraction=0.25,
         block_tiles=2,
         ceiling=False,
-        finetune=FinetuneConfig(steps=2, batch_size=4, threads=1, val_fraction=0.0),
+        finetune=FinetuneConfig(
+            steps=2, batch_size=4, threads=1, val_fraction=0.0, replay_norm="source"
+        ),
         adapt=AdaptConfig(methods=("adabn",)),
     )
     out = tmp_path / "sim"
@@ -220,6 +222,7 @@ def test_simulate_with_adapt_starts_every_curve_from_the_adapted_model(
     assert state["chains"]["-1/start"]["model"] == str(adapted)
     seed_model = state["chains"]["0/random"]["model"]
     assert read_meta(seed_model).training["finetune"]["from_model"] == str(adapted)
+    assert load_model(seed_model)[0].has_source_norm  # the next round can replay with them too
 
 
 def test_adabn_weight_blends_the_new_statistics_with_the_models_own(tiny_model, darker_tiles):
@@ -234,3 +237,80 @@ def test_adabn_weight_blends_the_new_statistics_with_the_models_own(tiny_model, 
         new = full.state_dict()[k]
         assert not torch.allclose(new, was)
         torch.testing.assert_close(half.state_dict()[k], (new + was) / 2)
+
+
+def test_adabn_keeps_the_source_statistics_in_the_model_file(tiny_model, darker_tiles, tmp_path):
+    """The statistics before adaptation travel in the model file (``source_norm.*``), once:
+    a second adaptation keeps the first source; a model without them loads as before."""
+    plain, _ = load_model(tiny_model)
+    assert not plain.has_source_norm
+    out = tmp_path / "bn.safetensors"
+    adapt(tiny_model, [darker_tiles], out, config=AdaptConfig(methods=("adabn",), threads=1))
+    adapted, _ = load_model(out)
+    assert adapted.has_source_norm
+    layers = plain.norm_layers()
+    with adapted.source_statistics():
+        for name, m in adapted.norm_layers().items():
+            assert torch.equal(m.running_mean, layers[name].running_mean), name
+            assert torch.equal(m.running_var, layers[name].running_var), name
+    bn1 = adapted.unet.encoder.bn1
+    assert not torch.equal(bn1.running_mean, plain.unet.encoder.bn1.running_mean)  # restored
+    twice = tmp_path / "bn2.safetensors"
+    adapt(out, [darker_tiles], twice, config=AdaptConfig(methods=("adabn",), threads=1))
+    again, _ = load_model(twice)
+    kept = again.state_dict()["source_norm.unet__encoder__bn1__mean"]
+    assert torch.equal(kept, plain.unet.encoder.bn1.running_mean)
+    plain.load_state_dict(adapted.state_dict())  # an adapted state into a plain model
+    assert plain.has_source_norm
+
+
+@pytest.mark.slow
+def test_replayed_pretraining_tiles_are_normalised_with_the_source_statistics(
+    tiny_model, tiny_tiles, darker_tiles
+):
+    """finetune --replay-norm source: in every step the new tiles see the adapted statistics
+    and the replayed pretraining tiles the source ones; other replayed tiles (earlier batches,
+    in the new area) the adapted ones. The default uses the adapted statistics for all."""
+    from rscrisis.ml.data import replay_dataset
+    from rscrisis.ml.training import StepPlan, fit_steps
+
+    model, meta = load_model(tiny_model)
+    source_mean = model.unet.encoder.bn1.running_mean.clone()
+    adabn(model, _dataset(darker_tiles, meta), passes=1, seed=0, device=torch.device("cpu"))
+    adapted_mean = model.unet.encoder.bn1.running_mean.clone()
+    table = load_tiles([darker_tiles], need_masks=True)
+    f = table.frame
+    new = TileDataset(f.image_path, f.mask_path, meta.mean, meta.std, table.dtype)
+    both = replay_dataset([tiny_tiles, darker_tiles], meta, set(), 0, source_domain=[tiny_tiles])
+    assert both.source_domain.sum() == len(f) and (~both.source_domain).sum() == len(f)
+
+    def run(replay_norm: str) -> list[tuple[int, str]]:
+        seen: list[tuple[int, str]] = []
+
+        def record(m, inputs):
+            if m.training:
+                return
+            which = "source" if torch.equal(m.running_mean, source_mean) else "adapted"
+            if torch.equal(m.running_mean, adapted_mean) or which == "source":
+                seen.append((len(inputs[0]), which))
+
+        hook = model.unet.encoder.bn1.register_forward_pre_hook(record)
+        plan = StepPlan(steps=3, batch_size=6, lr=1e-5, replay_ratio=2.0, replay_norm=replay_norm)
+        fit_steps(model, meta, new, np.ones(len(f), bool), plan, replay=both)
+        hook.remove()
+        return seen
+
+    seen = run("source")
+    steps, step = [], []
+    for n, which in seen:  # a step: the adapted part (6 tiles when no source tile was drawn),
+        step.append((n, which))  # then the source part
+        if sum(k for k, _ in step) == 6:
+            steps.append(step)
+            step = []
+    assert len(steps) == 3 and not step
+    for s in steps:
+        assert s[0][1] == "adapted" and s[0][0] >= 2  # the new tiles and new-area replays
+        assert [w for _, w in s[1:]] in ([], ["source"])
+    assert any(len(s) == 2 for s in steps)
+    assert torch.equal(model.unet.encoder.bn1.running_mean, adapted_mean)
+    assert run("current") == [(6, "adapted")] * 3
