@@ -466,9 +466,9 @@ def _separable(
 
 
 @contextlib.contextmanager
-def open_grid(info: SceneInfo, grid: Grid) -> Iterator[GridReader]:
+def open_grid(info: SceneInfo, grid: Grid, gdal: bool = False) -> Iterator[GridReader]:
     """A reader of ``grid`` windows: the file itself, a :class:`ScaledReader` when the grid is a
-    bilinear change of scale, or else a resampling WarpedVRT.
+    bilinear change of scale (unless ``gdal``), or else a resampling WarpedVRT.
 
     Validity comes from GDAL's mask machinery either way (nodata value, alpha band, internal
     mask); a resampling VRT over a source without nodata gets an alpha band so pixels outside
@@ -478,7 +478,7 @@ def open_grid(info: SceneInfo, grid: Grid) -> Iterator[GridReader]:
         if not grid.resampled:
             yield GridReader(grid, src)
             return
-        if ScaledReader.eligible(info, grid):
+        if not gdal and ScaledReader.eligible(info, grid):
             yield ScaledReader(grid, src)
             return
         assert isinstance(grid, ResampledGrid)
