@@ -411,6 +411,6 @@ def test_ring_by_ring_douglas_peucker_is_geos_where_it_is_valid():
             ours = _simplify_rings(poly, tolerance)
             if _same_topology(ours, poly):
                 geos = shapely.simplify(poly, tolerance, preserve_topology=False)
-                assert ours.normalize().equals_exact(geos.normalize(), 1e-9)
+                assert ours.equals(geos)  # topologically: GEOS versions order vertices apart
                 compared += 1
     assert compared > 50
