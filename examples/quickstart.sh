@@ -45,7 +45,7 @@ mkdir -p "$OUT"
 
 # 7. Rank the new area's tiles for annotation and export the top ones as a batch (for QGIS and
 #    JOSM, and with --label-studio a Label Studio import and labelling config).
-"$RS" rank "$OUT/pred-b" --formula entropy-iou --top 6 --out "$OUT/batch-01" --label-studio \
+"$RS" rank "$OUT/pred-b" --top 6 --out "$OUT/batch-01" --label-studio \
     --overwrite
 
 # 8. People correct the batch; here a simulated annotator draws the true footprints in Label

@@ -15,7 +15,8 @@ from rscrisis.loop.export import rank
 
 def test_batch_holds_everything_an_annotator_needs(tiny_pred, tiny_tiles, tmp_path):
     out = tmp_path / "batch"
-    result = rank(tiny_pred, out, config=RankConfig(top=3, label_studio=True))
+    config = RankConfig(top=3, label_studio=True, formula="entropy-iou")  # with components
+    result = rank(tiny_pred, out, config=config)
     assert result.tasks == 3 and len(result.tile_ids) == 3
     ranking = gpd.read_file(out / "ranking.gpkg", layer="ranking")
     assert list(ranking["rank"]) == [1, 2, 3]
