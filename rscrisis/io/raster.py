@@ -409,9 +409,8 @@ class ScaledReader(GridReader):
         ok = block_valid[np.ix_(np.clip(rnear - s_r0, 0, None), np.clip(cnear - s_c0, 0, None))]
         ok &= (rnear >= 0)[:, None] & (cnear >= 0)[None, :]
         if not all_valid:  # renormalise over the valid taps
-            den = _separable(block_valid[None], ri, rw, ci, cw)[..., 0].T
-            ok &= den > 0
-            den = den.T[..., None]
+            den = _separable(block_valid[None], ri, rw, ci, cw)  # (cols, rows, 1)
+            ok &= (den[..., 0] > 0).T
             np.divide(out, den, out=out, where=den > 0)
         if dtype.kind in "ui":  # GDAL rounds half up; a convex combination needs no clip
             out += 0.5

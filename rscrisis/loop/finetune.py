@@ -199,14 +199,15 @@ def finetune_tilesets(
     replay_sources = _replay_sources(meta, config, list(extra_replay))
     replay_ds = None
     if config.replay_ratio > 0:
-        pretraining = present_pretraining_tilesets(meta.training)
         replay_ds = replay_dataset(
             replay_sources,
             meta,
             new_ids,
             config.seed,
             config.augment,
-            source_domain=pretraining if config.replay_norm == "source" else (),
+            source_domain=present_pretraining_tilesets(meta.training)
+            if config.replay_norm == "source"
+            else (),
         )
     n_replay_tiles = 0 if replay_ds is None else len(replay_ds)
 

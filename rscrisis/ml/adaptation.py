@@ -100,18 +100,13 @@ def adabn(
     ``weight`` < 1 keeps that share of the source statistics: weight x new + (1 - weight) x
     old, for the mean and the variance."""
     import torch
-    from torch.nn.modules.batchnorm import _BatchNorm
 
     from rscrisis.ml.tta import apply_view
 
-    layers = [
-        m
-        for m in model.modules()
-        if isinstance(m, _BatchNorm) and m.running_mean is not None and m.running_var is not None
-    ]
+    layers = list(model.norm_layers().values())
     model.keep_source_norm()  # the statistics replayed pretraining tiles can be normalised with
     momenta = [m.momentum for m in layers]
-    source = [(m.running_mean.clone(), m.running_var.clone()) for m in layers]  # type: ignore[union-attr]
+    source = [(m.running_mean.clone(), m.running_var.clone()) for m in layers]
     for m in layers:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over every batch seen
@@ -135,8 +130,8 @@ def adabn(
     for m, momentum, (mean, var) in zip(layers, momenta, source, strict=True):
         m.momentum = momentum
         if weight < 1:
-            m.running_mean.mul_(weight).add_(mean, alpha=1 - weight)  # type: ignore[union-attr]
-            m.running_var.mul_(weight).add_(var, alpha=1 - weight)  # type: ignore[union-attr]
+            m.running_mean.mul_(weight).add_(mean, alpha=1 - weight)
+            m.running_var.mul_(weight).add_(var, alpha=1 - weight)
     model.eval()
     return {
         "layers": len(layers),

@@ -408,9 +408,10 @@ def replay_dataset(
         table.dtype,
         augment=augmentation(seed + 1) if augment else None,
     )
-    roots = [Path(s).resolve() for s in source_domain]
-    dataset.source_domain = np.array(
-        [any(Path(p).resolve().is_relative_to(r) for r in roots) for p in frame.image_path],
-        dtype=bool,
-    )
+    if source_domain:
+        roots = [Path(s).resolve() for s in source_domain]
+        dataset.source_domain = np.array(
+            [any(Path(p).resolve().is_relative_to(r) for r in roots) for p in frame.image_path],
+            dtype=bool,
+        )
     return dataset

@@ -127,11 +127,20 @@ class BuildingSegmenter(nn.Module):
     # -- the source domain's batch-norm statistics (kept by rscrisis.ml.adaptation.adabn) --
 
     def norm_layers(self) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+        """The batch-norm layers that keep running statistics, by module path."""
         return {
             name: m
             for name, m in self.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.running_mean is not None
+            and m.running_var is not None
         }
+
+    @staticmethod
+    def _source_keys(layer: str) -> tuple[str, str]:
+        """The names of a layer's source mean and variance in :attr:`source_norm`."""
+        key = layer.replace(".", SOURCE_SEP)
+        return f"{key}{SOURCE_SEP}mean", f"{key}{SOURCE_SEP}var"
 
     @property
     def has_source_norm(self) -> bool:
@@ -146,9 +155,9 @@ class BuildingSegmenter(nn.Module):
             return
         holder = nn.Module()
         for name, m in self.norm_layers().items():
-            key = name.replace(".", SOURCE_SEP)
-            holder.register_buffer(f"{key}{SOURCE_SEP}mean", m.running_mean.detach().clone())  # type: ignore[union-attr]
-            holder.register_buffer(f"{key}{SOURCE_SEP}var", m.running_var.detach().clone())  # type: ignore[union-attr]
+            mean, var = self._source_keys(name)
+            holder.register_buffer(mean, m.running_mean.detach().clone())  # type: ignore[union-attr]
+            holder.register_buffer(var, m.running_var.detach().clone())  # type: ignore[union-attr]
         self.source_norm = holder
 
     @contextmanager
@@ -162,9 +171,9 @@ class BuildingSegmenter(nn.Module):
         held = {n: (m.running_mean, m.running_var) for n, m in layers.items()}
         try:
             for name, m in layers.items():
-                key = name.replace(".", SOURCE_SEP)
-                m.running_mean = getattr(self.source_norm, f"{key}{SOURCE_SEP}mean")
-                m.running_var = getattr(self.source_norm, f"{key}{SOURCE_SEP}var")
+                mean, var = self._source_keys(name)
+                m.running_mean = getattr(self.source_norm, mean)
+                m.running_var = getattr(self.source_norm, var)
             yield
         finally:
             for name, m in layers.items():

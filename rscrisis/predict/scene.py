@@ -22,11 +22,11 @@ styles (rscrisis.io.styles): buildings as outlines, windows coloured by predicte
 The pipeline: a reader thread reads one strip of window rows at a time (only the part inside
 the scene, resampled by :func:`rscrisis.io.raster.open_grid` when the scene's resolution
 differs from the model's), normalises and batches windows; the main thread runs the model; a
-writer thread blends windows
-(:mod:`rscrisis.geo.stitching`), writes block-aligned strips of the intermediate GeoTIFFs and
-polygonises them (:mod:`rscrisis.geo.polygons`). Peak memory depends on the scene width and the
-batch, never on the scene height. The COGs (with overviews) are made from the intermediates at
-the end; every file appears under its final name only when complete.
+writer thread blends windows (:mod:`rscrisis.geo.stitching`), writes block-aligned strips of
+the intermediate GeoTIFFs and polygonises them (:mod:`rscrisis.geo.polygons`). Peak memory
+depends on the scene width and the batch, never on the scene height. The COGs (with overviews)
+are made from the intermediates at the end; every file appears under its final name only when
+complete.
 """
 
 from __future__ import annotations
