@@ -89,6 +89,53 @@ def default_formula() -> str:
     return rank.formula + ("" if rank.diversity == "none" else f"+{rank.diversity}")
 
 
+def _same_run(prior: dict, config, model: Path, oracle: Path) -> None:
+    """--add-to: the earlier run must differ only in its formulas and ceiling."""
+    from rscrisis.config import SimulateConfig
+
+    fp = prior["fingerprint"]
+    mine = config.model_dump(mode="json")
+    # settings added since keep their defaults, which are the earlier behaviour
+    theirs = SimulateConfig.model_validate(fp["config"]).model_dump(mode="json")
+    differ = [
+        k for k in sorted(set(mine) | set(theirs))
+        if k not in ("formulas", "ceiling") and mine.get(k) != theirs.get(k)
+    ]  # fmt: skip
+    if Path(fp["model"]) != model.resolve() or Path(fp["tileset"]) != oracle.resolve():
+        differ.append("model or tile set")
+    if differ:
+        raise SystemExit(f"--add-to: the earlier run differs in {', '.join(differ)}")
+
+
+def _merged(prior: dict, sim: Path) -> dict:
+    """The earlier run's rows with this run's new formulas: curves, summary, report and plot
+    under SIM/merged. The seed batch is the same fine-tuning in both (checked)."""
+    from rscrisis.config import SimulateConfig
+    from rscrisis.io.outputs import write_csv_atomic, write_json_atomic
+    from rscrisis.loop.simulate import frame_report, plot, summarise, with_shared_rounds
+
+    mine = json.loads((sim / "state.json").read_text())
+    new = SimulateConfig.model_validate(mine["fingerprint"]["config"])
+    old = SimulateConfig.model_validate(prior["fingerprint"]["config"])
+    seeds = {r["seed"]: r["test_iou"] for r in prior["rows"] if r["formula"] == "seed-batch"}
+    for r in mine["rows"]:
+        if r["formula"] == "seed-batch" and abs(seeds.get(r["seed"], -1) - r["test_iou"]) > 1e-4:
+            raise SystemExit(f"seed {r['seed']}: the seed batch did not reproduce ({seeds})")
+    formulas = (*old.formulas, *(f for f in new.formulas if f not in old.formulas))
+    config = old.model_copy(update={"formulas": formulas})
+    rows = prior["rows"] + [r for r in mine["rows"] if r["formula"] in new.formulas]
+    rows = with_shared_rounds(rows, config)
+    out = sim / "merged"
+    out.mkdir(exist_ok=True)
+    write_csv_atomic(out / "curves.csv", rows)
+    summary = summarise(rows, formulas)
+    write_csv_atomic(out / "summary.csv", summary)
+    report = {**frame_report(rows, formulas), "summary": summary, "added_to": prior["fingerprint"]}
+    write_json_atomic(out / "report.json", report)
+    plot(rows, formulas, out / "curves.png")
+    return report
+
+
 def checks(report: dict, setting: str) -> list[tuple[str, bool, str]]:
     """The issue's criteria, each (what, holds, the figures)."""
     summary = {r["formula"]: r for r in report["summary"]}
@@ -202,6 +249,14 @@ def main() -> None:
         help="finetune --replay-norm (default: finetune's); with --adapt adabn, 'source' "
         "normalises the replayed pretraining tiles with the pretraining area's statistics",
     )
+    parser.add_argument(
+        "--add-to",
+        type=Path,
+        default=None,
+        help="an earlier run (simulation folder) from the same start, seeds and settings: run "
+        "only the new --formulas (no ceiling; the seed batch is redone and must match) and "
+        "report them beside its curves",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--resume", action="store_true", help="continue a killed run in --workdir")
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -250,6 +305,12 @@ def main() -> None:
     suffix = f"-adapt-{args.adapt.replace(',', '+')}" if args.adapt else ""
     if args.replay_norm:
         suffix += f"-replay-{args.replay_norm}"
+    prior = None
+    if args.add_to:
+        prior = json.loads((args.add_to / "state.json").read_text())
+        config = config.model_copy(update={"ceiling": False})
+        suffix += "-add-" + "_".join(f.replace("+", "-") for f in config.formulas)
+        _same_run(prior, config, model, oracle)
     sim = work / f"simulation-{args.setting}{suffix}"
 
     def progress(done: int, total: int, text: str = "") -> None:
@@ -258,6 +319,9 @@ def main() -> None:
     result = simulate(model, oracle, sim, config=config, resume=args.resume, progress=progress)
     minutes = (time.perf_counter() - t0) / 60
     report = json.loads((sim / "report.json").read_text())
+    if prior is not None:
+        report = _merged(prior, sim)
+        result.summary = report["summary"]
 
     print(f"\n## {args.setting}: pool {result.pool_tiles} tiles, test {result.test_tiles} tiles")
     print(f"start (0 labels): test IoU {report['start']['test_iou']:.3f}")
@@ -308,9 +372,10 @@ def main() -> None:
     )
     args.results.mkdir(parents=True, exist_ok=True)
     stem = f"bench_active_learning_{args.setting}{suffix}"
-    shutil.copy(sim / "summary.csv", args.results / f"{stem}.csv")
-    shutil.copy(sim / "curves.csv", args.results / f"{stem}_curves.csv")
-    shutil.copy(sim / "curves.png", args.results / f"{stem}.png")
+    products = sim / "merged" if prior is not None else sim
+    shutil.copy(products / "summary.csv", args.results / f"{stem}.csv")
+    shutil.copy(products / "curves.csv", args.results / f"{stem}_curves.csv")
+    shutil.copy(products / "curves.png", args.results / f"{stem}.png")
     (args.results / f"{stem}.json").write_text(
         json.dumps(
             {

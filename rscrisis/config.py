@@ -379,6 +379,13 @@ class FinetuneConfig(FittingConfig):
     freeze_stages: int = Field(
         1, ge=0, description="freeze the first N encoder stages (low-level filters transfer)"
     )
+    interpolate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="keep the weights this share of the way from the starting model to the "
+        "fine-tuned one (WiSE-FT; 1: the fine-tuned weights); only with --transfer all",
+    )
     freeze_norm: bool = Field(
         True,
         description="keep the starting model's batch-norm statistics (a few tiles give noisy ones)",

@@ -103,7 +103,7 @@ def test_train_writes_its_history_picture(tiny_model):
 
 def test_simulate_plot_has_its_gain_panel(tmp_path):
     from rscrisis.config import SimulateConfig
-    from rscrisis.loop.simulate import CEILING, START, _with_shared_rounds, plot
+    from rscrisis.loop.simulate import CEILING, START, plot, with_shared_rounds
 
     rng = np.random.default_rng(0)
     rows = [{"seed": -1, "formula": START, "round": -1, "labelled": 0, "test_iou": 0.3}]
@@ -116,7 +116,7 @@ def test_simulate_plot_has_its_gain_panel(tmp_path):
                 iou = 0.3 + 0.3 * (1 - np.exp(-n / (6 - k))) + rng.normal(0, 0.01)
                 rows.append({"seed": seed, "formula": f, "round": r, "labelled": n,
                              "test_iou": iou})  # fmt: skip
-    rows = _with_shared_rounds(rows, SimulateConfig(formulas=formulas, seeds=(0, 1, 2)))
+    rows = with_shared_rounds(rows, SimulateConfig(formulas=formulas, seeds=(0, 1, 2)))
     plot(rows, formulas, tmp_path / "curves.png")
     assert_picture(tmp_path / "curves.png", min_size=(1400, 500))
 

@@ -18,6 +18,7 @@ ROUND_KNOBS = (
     "ema",
     "replay_ratio",
     "replay_norm",
+    "interpolate",
     "lr_scale",
     "freeze_stages",
     "batch_size",

@@ -239,6 +239,8 @@ def finetune_tilesets(
         seed=config.seed,
         precision=config.precision,
         replay_norm=config.replay_norm,
+        # a re-initialised head has no starting weights worth going back to
+        interpolate=config.interpolate if config.transfer == "all" else 1.0,
     )
     fitted = fit_steps(
         model,

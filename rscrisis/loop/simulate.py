@@ -292,7 +292,7 @@ def _pool_correlations(pred_dir: Path, exclude: set[str]) -> dict:
     return out
 
 
-def _samples(pred_dir: Path, ids: list[str]) -> list[dict]:
+def oracle_samples(pred_dir: Path, ids: list[str]) -> list[dict]:
     """Calibration samples of ``ids``: the predicting model's statistics and the oracle IoU."""
     from rscrisis.ml.calibration import FEATURES
 
@@ -305,7 +305,7 @@ def _samples(pred_dir: Path, ids: list[str]) -> list[dict]:
     ]
 
 
-def _choose(
+def choose_batch(
     pred_dir: Path,
     exclude: set[str],
     formula: str,
@@ -651,7 +651,7 @@ class _Replay:
         config = self.config
         rng = np.random.default_rng(seed)
         ids = sorted(rng.choice(self.pool_ids, config.seed_batch, replace=False).tolist())
-        samples = _samples(self.start_pred, ids)
+        samples = oracle_samples(self.start_pred, ids)
         chain_dir = self.work / f"seed{seed}" / SEED_FORMULA
         model = _finetune_on(self.start_model, self.pool, ids, samples, chain_dir, config, seed)
         pred = _predict_pool(model, self.pool, chain_dir / "pred", config, seed)
@@ -675,14 +675,17 @@ class _Replay:
                     Path(chain["model"]), self.pool, chain_dir / "again" / "pred", config, seed
                 )
             exclude = set(chain["ids"])
-            picked = _choose(pred, exclude, formula, config.batch, config, seed * 100 + r)
+            picked = choose_batch(pred, exclude, formula, config.batch, config, seed * 100 + r)
             ids = sorted(exclude | set(picked))
-            samples = list(chain.get("samples", [])) + _samples(pred, picked)
+            samples = list(chain.get("samples", [])) + oracle_samples(pred, picked)
             round_dir = chain_dir / f"round{r}"
             model = _finetune_on(self.start_model, self.pool, ids, samples, round_dir, config, seed)
             new_pred = _predict_pool(model, self.pool, round_dir / "pred", config, seed)
             row = self._row(seed, formula, r, ids, model, new_pred)
             previous = Path(chain["model"]).parent
+            # the tiles each round revealed, in order (a chain resumed from a state written
+            # before they were recorded has none)
+            batches = chain.get("batches", [chain["ids"]] if chain["round"] == 0 else None)
             chain = {
                 "ids": ids,
                 "model": str(model),
@@ -690,6 +693,8 @@ class _Replay:
                 "pred": str(new_pred),
                 "samples": samples,
             }
+            if batches is not None:
+                chain["batches"] = [*batches, sorted(picked)]
             self.state.save_round(seed, formula, chain, row)
             if previous.parent == chain_dir:  # keep only each chain's latest round
                 shutil.rmtree(previous, ignore_errors=True)
@@ -700,7 +705,7 @@ class _Replay:
         if not self.config.ceiling or self.state.chain(seed, CEILING) is not None:
             return
         chain_dir = self.work / f"seed{seed}" / CEILING
-        samples = _samples(self.start_pred, self.pool_ids)
+        samples = oracle_samples(self.start_pred, self.pool_ids)
         model = _finetune_on(
             self.start_model, self.pool, self.pool_ids, samples, chain_dir, self.config, seed
         )
@@ -712,7 +717,7 @@ class _Replay:
     def finish(self) -> SimulateResult:
         """curves.csv, summary.csv, report.json and curves.png from every row so far."""
         config, out = self.config, self.out
-        rows = _with_shared_rounds(self.state.rows, config)
+        rows = with_shared_rounds(self.state.rows, config)
         write_csv_atomic(out / CURVES, rows)
         summary = summarise(rows, config.formulas)
         write_csv_atomic(out / SUMMARY, summary)
@@ -794,7 +799,7 @@ def simulate(
         return replay.finish()
 
 
-def _with_shared_rounds(rows: list[dict], config: SimulateConfig) -> list[dict]:
+def with_shared_rounds(rows: list[dict], config: SimulateConfig) -> list[dict]:
     """Curves per formula and seed start at the starting model (0 labelled tiles) and the
     shared seed batch (round 0); the ceiling rows follow."""
     out = []

@@ -715,6 +715,7 @@ class StepPlan:
     seed: int = 0
     precision: str = "auto"
     replay_norm: str = "current"  # or "source": see FinetuneConfig.replay_norm
+    interpolate: float = 1.0  # weight of the fitted weights against the start: see toward_start
 
 
 @dataclass
@@ -795,6 +796,18 @@ class _Ema:
                 self.state[k].mul_(d).add_(v.detach(), alpha=1 - d)
             else:
                 self.state[k].copy_(v)
+
+
+def toward_start(start: dict, state: dict, alpha: float) -> dict:
+    """Weights ``alpha`` of the way from ``start`` to ``state`` (WiSE-FT, Wortsman et al.,
+    CVPR 2022: a weight-space ensemble of a model and its fine-tuned self). Integer buffers
+    (batch-norm step counters) are the fitted ones. ``alpha`` 1 returns ``state``."""
+    if alpha >= 1:
+        return state
+    return {
+        k: torch.lerp(start[k], v, alpha) if v.dtype.is_floating_point else v
+        for k, v in state.items()
+    }
 
 
 def _rng_state(augment) -> dict:
@@ -898,6 +911,10 @@ def fit_steps(
     With ``plan.replay_norm == "source"``, batch norm frozen and a model that kept its source
     statistics (``adapt --method adabn``), the replayed tiles are normalised with those, and
     the new tiles with the adapted ones.
+
+    With ``plan.interpolate`` below 1, every candidate (each evaluation on ``check``, the end)
+    is taken that share of the way from the starting weights to the fitted ones
+    (:func:`toward_start`).
     """
     device = device or torch.device("cpu")
     rng = np.random.default_rng(plan.seed)
@@ -943,9 +960,20 @@ def fit_steps(
 
     before = score()
     best_score = before.get("val_iou", -math.inf) if select_on_check else -math.inf
-    best_state = (
-        {k: v.detach().clone() for k, v in model.state_dict().items()} if select_on_check else None
+    start_state = (
+        {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if select_on_check or plan.interpolate < 1
+        else None
     )
+    best_state = start_state if select_on_check else None
+
+    def candidate(state: dict | None) -> dict | None:
+        """The weights a stop here would keep: the EMA's or the model's, toward the start."""
+        if plan.interpolate >= 1:
+            return state
+        assert start_state is not None
+        return toward_start(start_state, state or model.state_dict(), plan.interpolate)
+
     chosen = "start" if select_on_check else "final"
     history: list[dict] = []
     losses: list[tuple[float, float]] = []
@@ -979,7 +1007,7 @@ def fit_steps(
             }
             losses = []
             if select_on_check or last:
-                state = trainer.ema.state if trainer.ema is not None else None
+                state = candidate(trainer.ema.state if trainer.ema is not None else None)
                 row.update({k: _round(v) for k, v in score(state).items()})
                 if select_on_check and row.get("val_iou", -math.inf) > best_score:
                     best_score = row["val_iou"]
@@ -993,8 +1021,10 @@ def fit_steps(
     if select_on_check:
         assert best_state is not None
         model.load_state_dict(best_state)
-    elif trainer.ema is not None:
-        model.load_state_dict(trainer.ema.state)
+    else:
+        final = candidate(trainer.ema.state if trainer.ema is not None else None)
+        if final is not None:
+            model.load_state_dict(final)
     model.eval()
     after = score()
     return StepFit(

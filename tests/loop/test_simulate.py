@@ -155,6 +155,9 @@ def test_tiny_simulation_runs_resumes_and_uses_the_budget(
     chain = state = json.loads((out / "state.json").read_text())["chains"]["0/random"]
     meta = read_meta(chain["model"])
     assert len(meta.training["calibration_samples"]) == 3
+    # each round's picks are recorded in order, across the resume
+    assert [len(b) for b in chain["batches"]] == [1, 1, 1]
+    assert sorted(t for b in chain["batches"] for t in b) == chain["ids"]
     assert "iou_calibrator" in meta.training
     # changed settings cannot resume someone else's run
     other = TINY.model_copy(update={"seed_batch": 2})

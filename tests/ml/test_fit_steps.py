@@ -62,3 +62,42 @@ def test_fixed_budget_mixes_replay_at_the_ratio_and_reports_before_after(tiny_mo
     assert fit.chosen == "final" and [h["step"] for h in fit.history] == [2, 4]
     assert "val_iou" in fit.before and "val_iou" in fit.after
     assert "val_iou" in fit.history[-1]  # the final evaluation is in the history
+
+
+def test_toward_start_is_the_weight_space_ensemble():
+    from rscrisis.ml.training import toward_start
+
+    start = {"w": torch.zeros(3), "n": torch.tensor(0)}
+    fitted = {"w": torch.tensor([2.0, -4.0, 8.0]), "n": torch.tensor(7)}
+    half = toward_start(start, fitted, 0.25)
+    assert torch.allclose(half["w"], torch.tensor([0.5, -1.0, 2.0]))
+    assert half["n"] == 7  # step counters are the fitted ones
+    assert toward_start(start, fitted, 1.0) is fitted
+
+
+@pytest.mark.slow
+def test_interpolated_fine_tuning_lands_between_the_start_and_the_fit(tiny_model, tiny_tiles):
+    """The same steps with ``interpolate`` 0.5 keep the weights halfway, and the before ->
+    after report scores the weights that are kept."""
+    model, meta = load_model(tiny_model)
+    new, check, frame = _datasets(tiny_tiles, meta)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    has = np.ones(len(frame), bool)
+    from rscrisis.ml.device import seed_everything
+
+    plan = StepPlan(steps=3, batch_size=4, lr=5e-3, ema=0.0, eval_every=3)
+    seed_everything(0)
+    fit_steps(model, meta, new, has, plan, check=check)
+    fitted = {k: v.clone() for k, v in model.state_dict().items()}
+    again, _ = load_model(tiny_model)
+    from dataclasses import replace
+
+    seed_everything(0)
+    half = fit_steps(again, meta, new, has, replace(plan, interpolate=0.5), check=check)
+    moved = 0
+    for k, v in again.state_dict().items():
+        if v.dtype.is_floating_point:
+            assert torch.allclose(v, (start[k] + fitted[k]) / 2, atol=1e-6), k
+            moved += not torch.equal(fitted[k], start[k])
+    assert moved > 10  # the fit did move the weights
+    assert half.after["val_iou"] == pytest.approx(half.history[-1]["val_iou"])
