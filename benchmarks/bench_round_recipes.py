@@ -16,7 +16,9 @@ round the run kept). Each recipe fine-tunes the starting model with the simulati
 settings and the recipe's changes, as ``simulate`` does, and is scored on the test tiles.
 ``--interpolate`` adds, for each fitted model, the weight-space ensembles with the starting
 model (WiSE-FT, ``finetune --interpolate``): exactly what a run with that setting keeps.
-``--soup`` adds the average of the recipes' weights.
+``--soup`` adds the average of the recipes' weights. ``--choose-on-next`` scores the start and
+each interpolation on the batch the run revealed next, which none of them saw (what the
+corrections of the next round tell for free), and reports the test IoU of the one it picks.
 
 Prints test IoU per recipe and budget (mean over seeds, the change from the previous budget,
 seeds below the start) and saves results/bench_round_recipes_<simulation>.{csv,json}.
@@ -44,13 +46,13 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def random_batches(sim: Path, state: dict, config, seed: int, rounds: int) -> list[list[str]]:
+def random_batches(sim: Path, state: dict, config, seed: int) -> list[list[str]]:
     """The tiles the run's random chain of ``seed`` revealed, batch by batch."""
     from rscrisis.loop.simulate import choose_batch
 
     chain = state["chains"].get(f"{seed}/random", {})
     if chain.get("batches"):
-        return chain["batches"][: rounds + 1]
+        return chain["batches"]
     seed_chain = state["chains"][f"{seed}/seed-batch"]
     batches = [seed_chain["ids"]]
     pred = Path(seed_chain["pred"])  # random reads only the pool's tiles, not the scores
@@ -61,7 +63,7 @@ def random_batches(sim: Path, state: dict, config, seed: int, rounds: int) -> li
         )
     if chain and chain["round"] == config.rounds and sorted(set().union(*batches)) != chain["ids"]:
         raise SystemExit(f"{sim}: random's picks of seed {seed} cannot be reproduced")
-    return batches[: rounds + 1]
+    return batches
 
 
 def interpolated(start: Path, fitted: Path, alpha: float, out: Path) -> Path:
@@ -108,6 +110,12 @@ def main() -> None:
         help="also score the average of the recipes' weights (a model soup; e.g. default and "
         "seed+10: two fits of the same tiles for twice the cost)",
     )
+    parser.add_argument(
+        "--choose-on-next",
+        action="store_true",
+        help="also score the start and every interpolation on the batch the run revealed "
+        "next (tiles none of them saw), and report the choice that batch would make",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None, help="default: SIMULATION/recipes")
     parser.add_argument("--results", type=Path, default=HERE / "results")
@@ -137,19 +145,24 @@ def main() -> None:
         ) % config.batch or b > config.seed_batch + config.rounds * config.batch:
             raise SystemExit(f"budget {b} is not one of the run's (seed batch, then rounds)")
 
-    def score(model: Path) -> float:
-        ev = evaluate(model, [test], config=PredictConfig(threads=args.threads, batch_size=16))
+    def score(model: Path, tiles: Path = test) -> float:
+        ev = evaluate(model, [tiles], config=PredictConfig(threads=args.threads, batch_size=16))
         return round(ev.pixel["iou"], 4)
 
     start_iou = score(start)
     print(f"start: test IoU {start_iou:.4f}", file=sys.stderr)
     rows, t0 = [], time.perf_counter()
     for seed in seeds:
-        batches = random_batches(sim, state, config, seed, max(budgets))
+        batches = random_batches(sim, state, config, seed)
         for n in budgets:
             ids = sorted(set().union(*batches[: 1 + (n - config.seed_batch) // config.batch]))
             case = work / f"seed{seed}-n{n}"
             labelled = write_subset(pool, case / "labelled", ids, overwrite=True)
+            k = 1 + (n - config.seed_batch) // config.batch
+            upcoming = None  # the batch the run revealed next, unseen by every model here
+            if args.choose_on_next and k < len(batches):
+                upcoming = write_subset(pool, case / "next", batches[k], overwrite=True)
+                start_on_next = score(start, upcoming)
             for name in args.recipes.split(","):
                 update = dict(RECIPES[name])
                 ft = config.finetune.model_copy(
@@ -161,6 +174,8 @@ def main() -> None:
                     samples = oracle_samples(start_pred, ids)
                     finetune_tilesets(start, [labelled], model, config=ft, samples=samples)
                 seconds = round(time.perf_counter() - t, 1)
+                on_next = {0.0: start_on_next} if upcoming is not None else {}
+                on_test = {0.0: start_iou}
                 for alpha in [1.0, *alphas]:
                     scored = (
                         model
@@ -177,6 +192,23 @@ def main() -> None:
                         "test_iou": score(scored),
                         "start_iou": start_iou,
                         "fit_seconds": seconds,
+                    }
+                    if upcoming is not None:
+                        row["next_batch_iou"] = on_next[alpha] = score(scored, upcoming)
+                    on_test[alpha] = row["test_iou"]
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                if on_next:  # the interpolation (0: the start) the next batch would choose
+                    best = max(on_next, key=lambda a: (on_next[a], a))
+                    row = {
+                        "recipe": f"{name}, chosen on the next batch",
+                        "interpolate": None,  # one row per seed, whichever it chose
+                        "chosen": best,
+                        "seed": seed,
+                        "labelled": n,
+                        "test_iou": on_test[best],
+                        "start_iou": start_iou,
+                        "next_batch_iou": on_next[best],
                     }
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
@@ -196,7 +228,7 @@ def main() -> None:
                 print(json.dumps(row), file=sys.stderr, flush=True)
     frame = pd.DataFrame(rows)
     table = (
-        frame.groupby(["recipe", "interpolate", "labelled"])
+        frame.groupby(["recipe", "interpolate", "labelled"], dropna=False)
         .agg(
             test_iou=("test_iou", "mean"),
             std=("test_iou", "std"),
