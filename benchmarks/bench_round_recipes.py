@@ -66,14 +66,14 @@ def random_batches(sim: Path, state: dict, config, seed: int) -> list[list[str]]
     return batches
 
 
-def interpolated(start: Path, fitted: Path, alpha: float, out: Path) -> Path:
-    """``fitted`` taken ``alpha`` of the way from ``start`` (what finetune --interpolate keeps)."""
+def interpolated(start_state: dict, fitted: Path, alpha: float, out: Path) -> Path:
+    """``fitted`` taken ``alpha`` of the way from the starting weights ``start_state`` (what
+    finetune --interpolate keeps)."""
     from rscrisis.ml.model import load_model, save_model
     from rscrisis.ml.training import toward_start
 
-    base, _ = load_model(start)
     model, meta = load_model(fitted)
-    model.load_state_dict(toward_start(base.state_dict(), model.state_dict(), alpha))
+    model.load_state_dict(toward_start(start_state, model.state_dict(), alpha))
     save_model(model, meta, out)
     return out
 
@@ -149,6 +149,9 @@ def main() -> None:
         ev = evaluate(model, [tiles], config=PredictConfig(threads=args.threads, batch_size=16))
         return round(ev.pixel["iou"], 4)
 
+    from rscrisis.ml.model import load_model
+
+    start_state = load_model(start)[0].state_dict()  # read once; every interpolation uses it
     start_iou = score(start)
     print(f"start: test IoU {start_iou:.4f}", file=sys.stderr)
     rows, t0 = [], time.perf_counter()
@@ -181,7 +184,10 @@ def main() -> None:
                         model
                         if alpha == 1
                         else interpolated(
-                            start, model, alpha, case / f"{model.stem}-wise{alpha}.safetensors"
+                            start_state,
+                            model,
+                            alpha,
+                            case / f"{model.stem}-wise{alpha}.safetensors",
                         )
                     )
                     row = {
