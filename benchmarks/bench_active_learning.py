@@ -250,6 +250,13 @@ def main() -> None:
         "normalises the replayed pretraining tiles with the pretraining area's statistics",
     )
     parser.add_argument(
+        "--prior-tiles",
+        type=float,
+        default=None,
+        help="finetune --prior-tiles (default: finetune's): keep the weights n / (n + N) of "
+        "the way from the start to each round's fit",
+    )
+    parser.add_argument(
         "--add-to",
         type=Path,
         default=None,
@@ -290,6 +297,8 @@ def main() -> None:
         ft["steps"] = args.steps
     if args.replay_norm:
         ft["replay_norm"] = args.replay_norm
+    if args.prior_tiles:
+        ft["prior_tiles"] = args.prior_tiles
     config = SimulateConfig(
         formulas=tuple((args.formulas or f"random,{default_formula()}").split(",")),
         rounds=args.rounds,
@@ -305,6 +314,8 @@ def main() -> None:
     suffix = f"-adapt-{args.adapt.replace(',', '+')}" if args.adapt else ""
     if args.replay_norm:
         suffix += f"-replay-{args.replay_norm}"
+    if args.prior_tiles:
+        suffix += f"-prior{args.prior_tiles:g}"
     prior = None
     if args.add_to:
         prior = json.loads((args.add_to / "state.json").read_text())

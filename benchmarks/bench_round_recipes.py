@@ -16,9 +16,11 @@ round the run kept). Each recipe fine-tunes the starting model with the simulati
 settings and the recipe's changes, as ``simulate`` does, and is scored on the test tiles.
 ``--interpolate`` adds, for each fitted model, the weight-space ensembles with the starting
 model (WiSE-FT, ``finetune --interpolate``): exactly what a run with that setting keeps.
-``--soup`` adds the average of the recipes' weights. ``--choose-on-next`` scores the start and
-each interpolation on the batch the run revealed next, which none of them saw (what the
-corrections of the next round tell for free), and reports the test IoU of the one it picks.
+Recipes ``folds2``/``folds3`` choose the interpolation by cross-fitting the labelled tiles
+(``finetune --interpolate-folds``); their rows record the choice. ``--soup`` adds the
+average of the recipes' weights. ``--choose-on-next`` scores the start and each interpolation
+on the batch the run revealed next, which none of them saw (what the corrections of the next
+round tell for free), and reports the test IoU of the one it picks.
 
 Prints test IoU per recipe and budget (mean over seeds, the change from the previous budget,
 seeds below the start) and saves results/bench_round_recipes_<simulation>.{csv,json}.
@@ -43,6 +45,9 @@ RECIPES: dict[str, dict] = {
     "steps50": {"steps": 50},
     "steps300": {"steps": 300},
     "no EMA": {"ema": 0.0},
+    # finetune --interpolate-folds: the interpolation chosen by cross-fitting the labelled tiles
+    "folds2": {"interpolate_folds": 2},
+    "folds3": {"interpolate_folds": 3},
 }
 
 
@@ -177,6 +182,8 @@ def main() -> None:
                     samples = oracle_samples(start_pred, ids)
                     finetune_tilesets(start, [labelled], model, config=ft, samples=samples)
                 seconds = round(time.perf_counter() - t, 1)
+                check = json.loads(model.with_suffix(".finetune.json").read_text())["result"]
+                kept = check["check"].get("interpolate", 1.0)  # what cross-fitting chose
                 on_next = {0.0: start_on_next} if upcoming is not None else {}
                 on_test = {0.0: start_iou}
                 for alpha in [1.0, *alphas]:
@@ -199,6 +206,8 @@ def main() -> None:
                         "start_iou": start_iou,
                         "fit_seconds": seconds,
                     }
+                    if "cross_fit" in check["check"]:
+                        row["chosen"] = kept
                     if upcoming is not None:
                         row["next_batch_iou"] = on_next[alpha] = score(scored, upcoming)
                     on_test[alpha] = row["test_iou"]

@@ -386,6 +386,22 @@ class FinetuneConfig(FittingConfig):
         description="keep the weights this share of the way from the starting model to the "
         "fine-tuned one (WiSE-FT; 1: the fine-tuned weights); only with --transfer all",
     )
+    prior_tiles: float = Field(
+        0.0,
+        ge=0,
+        description="weigh the starting model as N labelled tiles: keep the weights n / (n + "
+        "N) of the way from it to the fine-tuned ones, n the tiles this fine-tuning learns "
+        "from (in simulate, every tile revealed so far); 0: off; instead of --interpolate; "
+        "only with --transfer all",
+    )
+    interpolate_folds: int = Field(
+        0,
+        ge=0,
+        description="when no held-out slice can be trusted, choose --interpolate (0: keep the "
+        "start, 0.25, 0.5, 0.75 or 1) by K-fold cross-fitting over the labelled tiles: K more "
+        "fine-tunings, each scored on the tiles it did not see (0: off; at least 2); only "
+        "with --transfer all",
+    )
     freeze_norm: bool = Field(
         True,
         description="keep the starting model's batch-norm statistics (a few tiles give noisy ones)",
@@ -440,6 +456,23 @@ class FinetuneConfig(FittingConfig):
         "(AVX512-BF16, AMX), fp32 elsewhere",
     )
     repair: bool = Field(False, description="repair invalid corrected polygons instead of refusing")
+
+    @model_validator(mode="after")
+    def _folds(self) -> FinetuneConfig:
+        if self.interpolate_folds == 1:
+            raise ValueError("interpolate_folds must be 0 (off) or at least 2")
+        chosen = [
+            name
+            for name, on in (
+                ("interpolate", self.interpolate < 1),
+                ("prior_tiles", self.prior_tiles > 0),
+                ("interpolate_folds", self.interpolate_folds > 0),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise ValueError(f"give one of {' and '.join(chosen)}: each sets the interpolation")
+        return self
 
 
 AdaptMethod = Literal["adabn", "selftrain", "simsiam"]

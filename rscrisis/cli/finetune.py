@@ -73,3 +73,18 @@ def finetune_command(
         f"{check.get('on', '?')}: {before:.3f} -> {after:.3f} ({check.get('chosen')})",
         level,
     )
+    cross = check.get("cross_fit")
+    if cross:
+        ious = ", ".join(f"{a}: {v:.3f}" for a, v in cross["iou"].items())
+        say(
+            f"cross-fitting over {cross['tiles']} tiles ({cross['folds']} folds), IoU by "
+            f"interpolation {ious}: kept the weights {check['interpolate']:g} of the way from "
+            "the starting model to the fine-tuned one",
+            level,
+        )
+    elif check.get("interpolate", 1.0) < 1:
+        say(
+            f"kept the weights {check['interpolate']:.3g} of the way from the starting model to "
+            "the fine-tuned one",
+            level,
+        )

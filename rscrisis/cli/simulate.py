@@ -19,6 +19,8 @@ ROUND_KNOBS = (
     "replay_ratio",
     "replay_norm",
     "interpolate",
+    "interpolate_folds",
+    "prior_tiles",
     "lr_scale",
     "freeze_stages",
     "batch_size",

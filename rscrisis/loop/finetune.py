@@ -148,6 +148,129 @@ def _warning(
     return warning
 
 
+def kept_share(config: FinetuneConfig, tiles: int) -> float:
+    """How far from the starting model towards the fine-tuned one the kept weights lie:
+    ``interpolate``, or with ``prior_tiles`` N the share n / (n + N) of ``tiles`` n, as if the
+    start were worth N labelled tiles (the more tiles, the more the fit is trusted)."""
+    if config.prior_tiles > 0:
+        return tiles / (tiles + config.prior_tiles)
+    return config.interpolate
+
+
+def _offset_progress(progress: Progress, offset: int, overall: int, stage: str = "") -> Progress:
+    """``progress`` for a stage that starts after ``offset`` of ``overall`` steps."""
+
+    def report(done: int, total: int, description: str = "") -> None:
+        progress(offset + done, overall, f"{stage}{description}")
+
+    return report
+
+
+def fold_of(has_buildings: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold (0..folds-1) of each tile, stratified: tiles with buildings and tiles without are
+    each dealt out in turn, in a seeded random order, so every fold gets its share of both."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(has_buildings), int)
+    dealt = 0
+    for group in (np.flatnonzero(has_buildings), np.flatnonzero(~has_buildings)):
+        group = rng.permutation(group)
+        out[group] = (dealt + np.arange(len(group))) % folds
+        dealt += len(group)
+    return out
+
+
+def cross_fit_interpolation(
+    model,
+    meta,
+    dataset,
+    train_idx: np.ndarray,
+    has_buildings: np.ndarray,
+    plan,
+    *,
+    folds: int,
+    augment: bool,
+    frozen,
+    freeze_norm: bool,
+    replay,
+    device,
+    tile_size: int,
+    progress: Progress = no_progress,
+) -> dict:
+    """How far to move from the starting model (``interpolate``), chosen by K-fold cross-fitting
+    over the labelled tiles: for each fold, fine-tune the start with ``plan`` on the other folds
+    and score the weights at each of :data:`~rscrisis.ml.training.INTERPOLATION_GRID` on that
+    fold's tiles, which the fit did not see. The pixel counts are pooled over the folds; the
+    best share wins (the larger on a tie). ``model`` ends with its starting weights, and the
+    random streams (torch's, NumPy's, Python's, the replay tiles' augmentation) where they
+    were, so the final fit is exactly the one a run without folds makes.
+
+    A few tiles cannot hold out a slice worth trusting (held_out_slice), but every tile can be
+    held out once: this is the "k-fold over the labelled tiles" rule for small batches. Each
+    fold's fit sees (K-1)/K of the tiles, so the choice leans towards the start, the safe side.
+    """
+    import random
+    from dataclasses import replace
+
+    import torch
+
+    from rscrisis.ml.data import random_state, restore_random_state
+    from rscrisis.ml.metrics import Confusion
+    from rscrisis.ml.training import INTERPOLATION_GRID, fit_steps, path_confusions
+
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    streams = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    replay_rng = random_state(getattr(replay, "augment", None))
+    assignment = fold_of(has_buildings[train_idx], folds, plan.seed)
+    pooled = {alpha: Confusion() for alpha in INTERPOLATION_GRID}
+    total = (folds + 1) * plan.steps
+    for k in range(folds):
+        fit_idx, held_idx = train_idx[assignment != k], train_idx[assignment == k]
+        model.load_state_dict(start)
+        fit_steps(
+            model,
+            meta,
+            dataset(fit_idx, augment),
+            has_buildings[fit_idx],
+            replace(plan, interpolate=1.0, seed=plan.seed + 1 + k),
+            frozen=frozen,
+            freeze_norm=freeze_norm,
+            replay=replay,
+            device=device,
+            tile_size=tile_size,
+            progress=_offset_progress(
+                progress, k * plan.steps, total, f"cross-fitting fold {k + 1}/{folds}: "
+            ),
+        )
+        fitted = {name: v.detach().clone() for name, v in model.state_dict().items()}
+        scores = path_confusions(
+            model,
+            start,
+            fitted,
+            dataset(held_idx, False),
+            device=device,
+            threshold=meta.threshold,
+            precision=plan.precision,
+            batch_size=plan.batch_size,
+        )
+        for alpha, conf in scores.items():
+            pooled[alpha] += conf
+    model.load_state_dict(start)
+    torch.set_rng_state(streams[0])
+    np.random.set_state(streams[1])
+    random.setstate(streams[2])
+    if replay is not None:
+        restore_random_state(replay.augment, replay_rng)
+    ious = {alpha: round(conf.scores()["iou"], 5) for alpha, conf in pooled.items()}
+    chosen = max(INTERPOLATION_GRID, key=lambda a: (ious[a], a))
+    log.info("cross-fitting (%d folds): IoU by interpolation %s: chose %s", folds, ious, chosen)
+    return {
+        "folds": folds,
+        "tiles": len(train_idx),
+        "iou": {str(a): v for a, v in ious.items()},
+        "chosen": chosen,
+    }
+
+
 def finetune_tilesets(
     model_path: str | Path,
     new_sets: list[Path],
@@ -227,6 +350,7 @@ def finetune_tilesets(
     model.to(device)
     frozen = _freeze(model, config)
     base_lr = training_lr(meta)
+    cross = None
     plan = StepPlan(
         steps=config.steps,
         batch_size=config.batch_size,
@@ -240,8 +364,28 @@ def finetune_tilesets(
         precision=config.precision,
         replay_norm=config.replay_norm,
         # a re-initialised head has no starting weights worth going back to
-        interpolate=config.interpolate if config.transfer == "all" else 1.0,
+        interpolate=kept_share(config, len(train_idx)) if config.transfer == "all" else 1.0,
     )
+    folds = config.interpolate_folds
+    if folds and not trusted and config.transfer == "all" and len(train_idx) >= folds:
+        cross = cross_fit_interpolation(
+            model,
+            meta,
+            dataset,
+            train_idx,
+            has_buildings,
+            plan,
+            folds=folds,
+            augment=config.augment,
+            frozen=frozen,
+            freeze_norm=config.freeze_norm,
+            replay=replay_ds,
+            device=device,
+            tile_size=table.tile_size,
+            progress=progress,
+        )
+        plan.interpolate = cross["chosen"]
+        progress = _offset_progress(progress, folds * config.steps, (folds + 1) * config.steps)
     fitted = fit_steps(
         model,
         meta,
@@ -263,6 +407,13 @@ def finetune_tilesets(
     warning = _warning(
         fitted.chosen, trusted, len(val_idx), check_on, before, after, has_buildings, len(new_ids)
     )
+    if cross is not None and cross["chosen"] == 0:
+        kept = (
+            f"cross-fitting over the {len(train_idx)} labelled tiles ({folds} folds) scored "
+            "the starting model above every fine-tuning: the starting weights were kept"
+        )
+        log.warning(kept)
+        warning = f"{kept}; {warning}" if warning else kept
     all_samples = merge_samples(meta.training.get("calibration_samples", []), samples)
     calibrator = fit(all_samples, meta.threshold) if config.calibrate else None
     check = {
@@ -272,7 +423,10 @@ def finetune_tilesets(
         "before": fitted.before,
         "after": fitted.after,
         "chosen": fitted.chosen,
+        "interpolate": plan.interpolate,
     }
+    if cross is not None:
+        check["cross_fit"] = cross
     previous = dict(meta.training)
     meta.history = list(meta.history) + fitted.history
     meta.training = {

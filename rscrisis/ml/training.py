@@ -189,13 +189,15 @@ def batch_losses(
 
 
 @torch.no_grad()
-def validate(
+def _validation_pass(
     model: BuildingSegmenter,
     loader,
     device: torch.device,
     threshold: float,
     amp: torch.dtype | None,
-) -> dict:
+) -> tuple[Confusion, list[float], list[float]]:
+    """Pixel confusion over ``loader`` (true negatives not counted), and per tile the IoU
+    head's prediction and the true IoU."""
     model.eval()
     conf = Confusion()
     pred_iou, true_iou = [], []
@@ -210,6 +212,17 @@ def validate(
         conf += Confusion(tp, int(p.sum()) - tp, int(t.sum()) - tp, 0)
         pred_iou.extend(iou.float().cpu().tolist())
         true_iou.extend(batch_tile_iou(pred, m, v).cpu().tolist())
+    return conf, pred_iou, true_iou
+
+
+def validate(
+    model: BuildingSegmenter,
+    loader,
+    device: torch.device,
+    threshold: float,
+    amp: torch.dtype | None,
+) -> dict:
+    conf, pred_iou, true_iou = _validation_pass(model, loader, device, threshold, amp)
     scores = conf.scores()
     cal = calibration(np.array(pred_iou), np.array(true_iou))
     return {
@@ -808,6 +821,36 @@ def toward_start(start: dict, state: dict, alpha: float) -> dict:
         k: torch.lerp(start[k], v, alpha) if v.dtype.is_floating_point else v
         for k, v in state.items()
     }
+
+
+#: the weights cross-fitting chooses among (finetune --interpolate-folds): the start (0), three
+#: weight-space ensembles of it with the fine-tuned model, and the fine-tuned model (1)
+INTERPOLATION_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def path_confusions(
+    model: BuildingSegmenter,
+    start: dict,
+    fitted: dict,
+    check: TileDataset,
+    *,
+    alphas: Sequence[float] = INTERPOLATION_GRID,
+    device: torch.device | None = None,
+    threshold: float = 0.5,
+    precision: str = "auto",
+    batch_size: int = 8,
+) -> dict[float, Confusion]:
+    """Pixel confusion on ``check`` of the weights each ``alpha`` of the way from ``start`` to
+    ``fitted`` (:func:`toward_start`); ``model`` ends with the ``fitted`` weights."""
+    device = device or torch.device("cpu")
+    amp = fast_dtype(device, precision)
+    loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(check, batch_size=batch_size)
+    out = {}
+    for alpha in alphas:
+        model.load_state_dict(toward_start(start, fitted, alpha))
+        out[alpha] = _validation_pass(model, loader, device, threshold, amp)[0]
+    model.load_state_dict(fitted)
+    return out
 
 
 def _rng_state(augment) -> dict:

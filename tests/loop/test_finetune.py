@@ -228,3 +228,136 @@ def test_a_slice_too_small_to_trust_is_not_used(tiny_model, tiny_tiles, tmp_path
     result = finetune_tilesets(tiny_model, [tiny_tiles], tmp_path / "ft.safetensors", config=config)
     assert not result.check["trusted"] and result.check["chosen"] == "final"
     assert result.train["train_tiles"] == 16  # the would-be slice trains too
+
+
+def test_folds_are_dealt_stratified_and_seeded():
+    from rscrisis.loop.finetune import fold_of
+
+    has = np.array([True] * 5 + [False] * 3)
+    folds = fold_of(has, 2, seed=3)
+    assert sorted(np.bincount(folds)) == [4, 4]
+    for k in (0, 1):  # both folds get tiles with buildings and tiles without
+        assert has[folds == k].any() and (~has[folds == k]).any()
+    assert (fold_of(has, 2, seed=3) == folds).all()
+    assert not all((fold_of(has, 2, seed=s) == folds).all() for s in range(4, 10))
+
+
+@pytest.mark.slow
+def test_cross_fitting_and_prior_tiles_keep_a_share_of_the_plain_fit(
+    tiny_model, tiny_tiles, tmp_path
+):
+    """With ``interpolate_folds`` the kept weights are the chosen share of the way from the
+    start to exactly the fit a run without folds makes, and the choice is recorded; with
+    ``prior_tiles`` N the share is n / (n + N)."""
+    import torch
+
+    from rscrisis.loop.finetune import finetune_tilesets
+    from rscrisis.ml.model import load_model
+    from rscrisis.ml.training import INTERPOLATION_GRID, toward_start
+
+    base = FinetuneConfig(steps=3, batch_size=4, threads=1, val_fraction=0.0)
+    plain = finetune_tilesets(tiny_model, [tiny_tiles], tmp_path / "plain.safetensors", config=base)
+    assert "cross_fit" not in plain.check and plain.check["interpolate"] == 1.0
+    folded = finetune_tilesets(
+        tiny_model,
+        [tiny_tiles],
+        tmp_path / "folded.safetensors",
+        config=base.model_copy(update={"interpolate_folds": 2}),
+    )
+    cross = folded.check["cross_fit"]
+    assert cross["folds"] == 2 and cross["tiles"] == 16
+    assert [float(a) for a in cross["iou"]] == list(INTERPOLATION_GRID)
+    best = max(cross["iou"].values())
+    assert cross["iou"][str(cross["chosen"])] == best
+    assert folded.check["interpolate"] == cross["chosen"]
+    start = load_model(tiny_model)[0].state_dict()
+    fit = load_model(tmp_path / "plain.safetensors")[0].state_dict()
+    kept = load_model(tmp_path / "folded.safetensors")[0].state_dict()
+    expected = toward_start(start, fit, cross["chosen"])
+    for k, v in kept.items():
+        torch.testing.assert_close(v, expected[k], msg=k)
+    assert read_meta(tmp_path / "folded.safetensors").training["finetune"]["check"] == (
+        folded.check
+    )
+    # --prior-tiles 16 on 16 tiles: the start weighs as much as the tiles, so halfway
+    prior = finetune_tilesets(
+        tiny_model,
+        [tiny_tiles],
+        tmp_path / "prior.safetensors",
+        config=base.model_copy(update={"prior_tiles": 16.0}),
+    )
+    assert prior.check["interpolate"] == 0.5 and "cross_fit" not in prior.check
+    kept = load_model(tmp_path / "prior.safetensors")[0].state_dict()
+    expected = toward_start(start, fit, 0.5)
+    for k, v in kept.items():
+        torch.testing.assert_close(v, expected[k], msg=k)
+
+
+@pytest.mark.slow
+def test_cross_fitting_that_finds_the_start_best_keeps_it_and_warns(
+    tiny_model, tiny_tiles, tmp_path, monkeypatch
+):
+    import torch
+
+    import rscrisis.ml.training as training
+    from rscrisis.loop.finetune import finetune_tilesets
+    from rscrisis.ml.metrics import Confusion
+    from rscrisis.ml.model import load_model
+
+    def start_wins(model, start, fitted, check, **kw):  # the start predicts the held-out best
+        return {a: Confusion(10 - int(8 * a), 5, 5, 0) for a in training.INTERPOLATION_GRID}
+
+    monkeypatch.setattr(training, "path_confusions", start_wins)
+    config = FinetuneConfig(steps=2, batch_size=4, threads=1, val_fraction=0.0, interpolate_folds=3)
+    result = finetune_tilesets(tiny_model, [tiny_tiles], tmp_path / "ft.safetensors", config=config)
+    assert result.check["cross_fit"]["chosen"] == 0.0 and result.check["interpolate"] == 0.0
+    assert "starting weights were kept" in result.warning
+    start = load_model(tiny_model)[0].state_dict()
+    kept = load_model(tmp_path / "ft.safetensors")[0].state_dict()
+    for k, v in kept.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, start[k], msg=k)
+
+
+def test_one_fold_is_refused():
+    with pytest.raises(ValueError, match="at least 2"):
+        FinetuneConfig(interpolate_folds=1)
+
+
+@pytest.mark.parametrize(
+    "both",
+    [
+        {"interpolate": 0.5, "prior_tiles": 4},
+        {"prior_tiles": 4, "interpolate_folds": 2},
+        {"interpolate": 0.5, "interpolate_folds": 2},
+    ],
+)
+def test_one_way_to_set_the_interpolation(both):
+    with pytest.raises(ValueError, match="give one of"):
+        FinetuneConfig(**both)
+
+
+def test_prior_tiles_trust_the_fit_more_as_tiles_come():
+    from rscrisis.loop.finetune import kept_share
+
+    config = FinetuneConfig(prior_tiles=4)
+    assert [kept_share(config, n) for n in (4, 12, 36)] == [0.5, 0.75, 0.9]
+    assert kept_share(FinetuneConfig(interpolate=0.3), 50) == 0.3
+
+
+@pytest.mark.slow
+def test_finetune_command_reports_the_cross_fitted_choice(batch, tiny_model, invoke, tmp_path):
+    import json
+
+    _set_status(batch, ["done", "done", "done"])  # the pre-annotations accepted as they are
+    out = tmp_path / "ft.safetensors"
+    r = invoke("finetune", tiny_model, batch, "-o", out, "--steps", "2", "--threads", "1",
+               "--interpolate-folds", "2", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(r.stdout)
+    cross = result["check"]["cross_fit"]
+    assert cross["folds"] == 2 and cross["tiles"] == 3
+    assert result["check"]["interpolate"] == cross["chosen"]
+    assert "cross-fitting over 3 tiles (2 folds)" in r.stderr
+    manifest = json.loads((tmp_path / "ft.finetune.json").read_text())
+    assert manifest["config"]["interpolate_folds"] == 2
