@@ -208,18 +208,22 @@ def cross_fit_interpolation(
     held out once: this is the "k-fold over the labelled tiles" rule for small batches. Each
     fold's fit sees (K-1)/K of the tiles, so the choice leans towards the start, the safe side.
     """
-    import random
     from dataclasses import replace
 
     import torch
 
-    from rscrisis.ml.data import random_state, restore_random_state
     from rscrisis.ml.metrics import Confusion
-    from rscrisis.ml.training import INTERPOLATION_GRID, fit_steps, path_confusions
+    from rscrisis.ml.training import (
+        INTERPOLATION_GRID,
+        fit_steps,
+        path_confusions,
+        random_streams,
+        restore_random_streams,
+    )
 
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    streams = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-    replay_rng = random_state(getattr(replay, "augment", None))
+    replay_augment = getattr(replay, "augment", None)
+    torch_stream, streams = torch.get_rng_state(), random_streams(replay_augment)
     assignment = fold_of(has_buildings[train_idx], folds, plan.seed)
     pooled = {alpha: Confusion() for alpha in INTERPOLATION_GRID}
     total = (folds + 1) * plan.steps
@@ -255,11 +259,8 @@ def cross_fit_interpolation(
         for alpha, conf in scores.items():
             pooled[alpha] += conf
     model.load_state_dict(start)
-    torch.set_rng_state(streams[0])
-    np.random.set_state(streams[1])
-    random.setstate(streams[2])
-    if replay is not None:
-        restore_random_state(replay.augment, replay_rng)
+    torch.set_rng_state(torch_stream)
+    restore_random_streams(streams, replay_augment)
     ious = {alpha: round(conf.scores()["iou"], 5) for alpha, conf in pooled.items()}
     chosen = max(INTERPOLATION_GRID, key=lambda a: (ious[a], a))
     log.info("cross-fitting (%d folds): IoU by interpolation %s: chose %s", folds, ious, chosen)

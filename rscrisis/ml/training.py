@@ -618,7 +618,7 @@ class _EpochRun:
                     "epochs_without_gain": self.epochs_without_gain,
                     "generator": self.gen.get_state(),
                     "torch_rng": torch.get_rng_state(),
-                    "rng": json.dumps(_rng_state(self.train_set.augment)),
+                    "rng": json.dumps(random_streams(self.train_set.augment)),
                 },
                 tmp,
             )
@@ -853,9 +853,11 @@ def path_confusions(
     return out
 
 
-def _rng_state(augment) -> dict:
+def random_streams(augment) -> dict:
     """Every random stream of a training run besides torch's (saved as tensors): Python's,
-    NumPy's global one and the augmentation pipeline's, so ``--resume`` continues exactly."""
+    NumPy's global one and the augmentation pipeline's, as JSON-able data, so ``--resume``
+    continues exactly and cross-fitting (``finetune --interpolate-folds``) leaves them as it
+    found them (:func:`restore_random_streams`)."""
     import random
 
     from rscrisis.ml.data import random_state
@@ -863,23 +865,30 @@ def _rng_state(augment) -> dict:
     py = random.getstate()
     np_state = cast(tuple, np.random.get_state(legacy=True))
     return {
-        "python": [py[0], list(py[1])],
+        "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], np_state[1].tolist(), *map(float, np_state[2:])],
         "augment": random_state(augment),
     }
 
 
-def _restore_rng(saved: dict, gen: torch.Generator, state: dict, augment) -> None:
+def restore_random_streams(saved: dict, augment) -> None:
+    """Put the streams saved by :func:`random_streams` back (a state saved before Python's
+    pending Gaussian was kept restores without one)."""
     import random
 
     from rscrisis.ml.data import restore_random_state
 
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    random.setstate((saved["python"][0], tuple(saved["python"][1]), None))
+    version, internal, *gauss = saved["python"]
+    random.setstate((version, tuple(internal), gauss[0] if gauss else None))
     name, keys, pos, has_gauss, cached = saved["numpy"]
     np.random.set_state((name, np.array(keys, np.uint32), int(pos), int(has_gauss), cached))
     restore_random_state(augment, saved["augment"])
+
+
+def _restore_rng(saved: dict, gen: torch.Generator, state: dict, augment) -> None:
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    restore_random_streams(saved, augment)
 
 
 def _state_error(path: Path, problem: str) -> InputError:
