@@ -56,29 +56,38 @@ def make_split(
     return Split(work / "pretrain", work / "oracle", len(pre_ids), len(oracle_ids))
 
 
-def pretrain_robust(tileset: Path, model: Path, minutes: float) -> Path:
-    """``rscrisis pretrain`` defaults on ``tileset`` for ``minutes`` of CPU wall time (skipped
-    when ``model`` exists): the pretrained models the benchmarks share through --workdir."""
+PRETRAIN_EPOCHS = 100  # about 6.5 minutes on 2 idle cores (3.8 s an epoch)
+
+
+def pretrain_robust(
+    tileset: Path, model: Path, minutes: float | None = None, epochs: int = PRETRAIN_EPOCHS
+) -> Path:
+    """``rscrisis pretrain`` defaults on ``tileset`` (skipped when ``model`` exists): the
+    pretrained models the benchmarks share through --workdir.
+
+    By default a fixed ``epochs`` (a full warm-up and cosine schedule), so the starting model
+    is the same on every machine and under any load. ``minutes`` instead stops a 200-epoch
+    schedule after that much CPU wall time, as the benchmarks did before run 4: the start then
+    depends on the machine and on what else ran beside it.
+    """
     from rscrisis.config import PretrainConfig
     from rscrisis.ml.training import train
 
     if not model.exists():
+        budget = {"epochs": 200, "max_minutes": minutes} if minutes else {"epochs": epochs}
         train(
             [tileset],
             model,
             config=PretrainConfig(
-                epochs=200,
-                patience=1000,
-                lr=2e-3,
-                max_minutes=minutes,
-                val_fraction=0.15,
-                block_tiles=2,
+                **budget, patience=1000, lr=2e-3, val_fraction=0.15, block_tiles=2
             ),
             overwrite=True,
         )
     return model
 
 
-def pretrained_model(work: Path, split: Split, minutes: float = 7.0) -> Path:
+def pretrained_model(
+    work: Path, split: Split, minutes: float | None = None, epochs: int = PRETRAIN_EPOCHS
+) -> Path:
     """The robust pretrained model of the split, on its pretraining area."""
-    return pretrain_robust(split.pretrain, work / "pretrained-robust.safetensors", minutes)
+    return pretrain_robust(split.pretrain, work / "pretrained-robust.safetensors", minutes, epochs)

@@ -2,8 +2,9 @@
 and across domains (pretrained on Banepa, adapting to the fAIr towns).
 
 Run on demand (not a test); needs ../shared/data/banepa (and ../shared/data/fair for
-``--setting fair``). The two settings share the pretrained model through --workdir; run side
-by side on 2 CPU cores, one thread each, they took 87 minutes each (7 more to pretrain):
+``--setting fair``). The two settings share the pretrained model through --workdir: start
+the second once the first has written ``pretrained-robust.safetensors`` (about 7 minutes).
+Run side by side on 2 CPU cores, one thread each, they took 87 minutes each:
 
     .venv/bin/python benchmarks/bench_active_learning.py --setting banepa --workdir /tmp/al \
         --threads 1 &
@@ -12,7 +13,8 @@ by side on 2 CPU cores, one thread each, they took 87 minutes each (7 more to pr
 
 1. Split (banepa_split.py): the northern 45 % of the Banepa mosaic is the pretraining area,
    labelled only with its OSM footprints made noisier (``rscrisis noise`` defaults); south of a
-   one-tile gap, the oracle area. ``rscrisis pretrain`` on the pretraining area (7 minutes).
+   one-tile gap, the oracle area. ``rscrisis pretrain`` on the pretraining area for a fixed
+   100 epochs (``--pretrain-epochs``), so the start does not depend on the machine's speed.
 2. The oracle tile set: ``banepa``: the oracle area, cut by ``rscrisis simulate --split band``
    into a pool and a test band south of it; ``fair``: Kampala, Catanduanes and Nairobi (other
    roofs, other light; Nairobi's outlines sit about 2 m off, real label noise, in the pool and
@@ -99,7 +101,7 @@ def _same_run(prior: dict, config, model: Path, oracle: Path) -> None:
     theirs = SimulateConfig.model_validate(fp["config"]).model_dump(mode="json")
     differ = [
         k for k in sorted(set(mine) | set(theirs))
-        if k not in ("formulas", "ceiling") and mine.get(k) != theirs.get(k)
+        if k not in ("formulas", "ceiling", "workers") and mine.get(k) != theirs.get(k)
     ]  # fmt: skip
     if Path(fp["model"]) != model.resolve() or Path(fp["tileset"]) != oracle.resolve():
         differ.append("model or tile set")
@@ -134,6 +136,25 @@ def _merged(prior: dict, sim: Path) -> dict:
     write_json_atomic(out / "report.json", report)
     plot(rows, formulas, out / "curves.png")
     return report
+
+
+def _pretraining(model: Path) -> dict:
+    """How the starting model was pretrained: its budget and where it stopped, from the model
+    file (a --pretrain-minutes run is reproduced with --pretrain-epochs at its epochs)."""
+    from rscrisis.io.model_file import model_summary, read_meta
+
+    meta = model_summary(read_meta(model))
+    config = meta["training"].get("config", {})
+    best = meta["training"].get("best_epoch")
+    return {
+        "epochs_trained": meta["epochs_trained"],
+        "best_epoch": best,
+        "epochs": config.get("epochs"),
+        "max_minutes": config.get("max_minutes"),
+        "best_val_iou": next(
+            (h.get("val_iou") for h in read_meta(model).history if h.get("epoch") == best), None
+        ),
+    }
 
 
 def checks(report: dict, setting: str) -> list[tuple[str, bool, str]]:
@@ -222,13 +243,25 @@ def adaptation_checks(base_curves: Path, adapted_curves: Path) -> list[dict]:
 
 
 def main() -> None:
-    from banepa_split import BANEPA, make_split, pretrained_model
+    from banepa_split import BANEPA, PRETRAIN_EPOCHS, make_split, pretrained_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=("banepa", "fair"), default="banepa")
     parser.add_argument("--resolution", type=float, default=0.25)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--pretrain-minutes", type=float, default=7.0)
+    parser.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=PRETRAIN_EPOCHS,
+        help="pretraining budget: the same starting model on any machine (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pretrain-minutes",
+        type=float,
+        default=None,
+        help="a wall-clock pretraining budget instead (runs 1 to 3 used 7): the start then "
+        "depends on the machine and its load",
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seed-batch", type=int, default=4)
@@ -236,6 +269,12 @@ def main() -> None:
     parser.add_argument("--formulas", default=None, help="default: random and rank's default")
     parser.add_argument("--steps", type=int, default=None, help="default: finetune's")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="simulate --workers: seeds side by side in this many processes (the same figures)",
+    )
     parser.add_argument(
         "--adapt",
         default=None,
@@ -282,7 +321,7 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_al_"))
     work.mkdir(parents=True, exist_ok=True)
     split = make_split(work, args.resolution, args.size)
-    model = pretrained_model(work, split, args.pretrain_minutes)
+    model = pretrained_model(work, split, args.pretrain_minutes, args.pretrain_epochs)
     t_pre = time.perf_counter() - t0
     if args.setting == "banepa":
         oracle, split_kind, test_fraction = split.oracle, "band", 0.3
@@ -309,6 +348,7 @@ def main() -> None:
         split=split_kind,
         block_tiles=2,
         finetune=FinetuneConfig(**ft),
+        workers=args.workers,
         adapt=AdaptConfig(methods=tuple(args.adapt.split(","))) if args.adapt else None,
     )
     suffix = f"-adapt-{args.adapt.replace(',', '+')}" if args.adapt else ""
@@ -377,8 +417,10 @@ def main() -> None:
                 f"{a['seeds_at_or_above_everywhere']} seeds; mean gain (points) by labels "
                 f"{a['mean_gain_points_by_labels']}"
             )
+    pre = _pretraining(model)
     print(
-        f"pretraining {t_pre / 60:.1f} min, total {minutes:.1f} min",
+        f"pretrained {pre['epochs_trained']} epochs (best {pre['best_epoch']}, validation IoU "
+        f"{pre['best_val_iou']}); pretraining {t_pre / 60:.1f} min, total {minutes:.1f} min",
         file=sys.stderr,
     )
     args.results.mkdir(parents=True, exist_ok=True)
@@ -394,6 +436,7 @@ def main() -> None:
                 "checks": [{"what": w, "holds": ok, "figures": f} for w, ok, f in verdicts],
                 "adaptation": adapted,
                 "pretrain_tiles": split.pretrain_tiles,
+                "pretraining": pre,
                 "minutes_total": round(minutes, 1),
                 "minutes_pretraining": round(t_pre / 60, 1),
             },

@@ -585,6 +585,13 @@ class SimulateConfig(_Config):
         True, description="also fine-tune on every pool tile: the ceiling of the labels"
     )
     mc_samples: int = Field(0, ge=0, description="MC-dropout samples at prediction (for bald)")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="run the seeds side by side in this many processes, each with --threads "
+        "threads (default: the cores shared out); the figures are those of a one-worker run "
+        "with as many threads",
+    )
     adapt: AdaptConfig | None = Field(
         None,
         description="adapt the starting model to the pool's unlabelled tiles first (as "

@@ -113,6 +113,49 @@ class _State:
         self.rows.append(row)
         write_json_atomic(self.path, self.data)
 
+    def of_seed(self, seed: int) -> dict:
+        """This seed's rows and chains: what a worker's shard starts from."""
+        return {
+            "fingerprint": self.data["fingerprint"],
+            "seed": seed,
+            "rows": [r for r in self.rows if r["seed"] == seed],
+            "chains": {k: v for k, v in self.data["chains"].items() if k.startswith(f"{seed}/")},
+        }
+
+    def absorb(self, shard: Path) -> None:
+        """Take a worker's shard (one seed's rows and chains, saved after each of its rounds)
+        into this state, and remove it: a killed parallel run resumes from its shards."""
+        saved = read_json(shard, hint="rerun with --overwrite to start over")
+        if saved.get("fingerprint") != self.data["fingerprint"] or "seed" not in saved:
+            raise InputError(
+                "is a worker's state from a simulation with other settings or inputs",
+                path=shard,
+                hint="rerun with --overwrite to start over",
+            )
+        seed = int(saved["seed"])
+        self.data["rows"] = [r for r in self.rows if r["seed"] != seed] + list(saved["rows"])
+        chains = {k: v for k, v in self.data["chains"].items() if not k.startswith(f"{seed}/")}
+        self.data["chains"] = {**chains, **saved["chains"]}
+        write_json_atomic(self.path, self.data)
+        shard.unlink()
+
+    @classmethod
+    def shard(cls, path: Path, start: dict) -> _State:
+        """A worker's state for one seed, at ``path``: resumed when it exists, else begun from
+        the main state's entries for that seed (``start``, from :meth:`of_seed`)."""
+        state = cls.__new__(cls)
+        state.path = path
+        state.data = (
+            read_json(path, hint="rerun with --overwrite to start over") if path.exists() else start
+        )
+        if state.data.get("fingerprint") != start["fingerprint"]:
+            raise InputError(
+                "is a worker's state from a simulation with other settings or inputs",
+                path=path,
+                hint="rerun with --overwrite to start over",
+            )
+        return state
+
 
 def split_pool_test(tileset: Path, out: Path, config: SimulateConfig) -> tuple[Path, Path]:
     """Spatially blocked pool/test split of a labelled tile set (hard-linked subsets)."""
@@ -580,6 +623,51 @@ def _plot_gains(ax, frame, formulas, colours, markers, budgets: list[int]) -> No
     ax.legend(fontsize=8)
 
 
+@dataclass
+class _SeedJob:
+    """What a worker process needs to run one seed (:meth:`_Replay.run_seeds_in_parallel`)."""
+
+    seed: int
+    start_model: Path
+    start_pred: Path
+    pool: Path
+    test: Path
+    out: Path
+    config: SimulateConfig
+    threads: int
+    shard: Path
+    state: dict
+
+
+_messages: Any = None  # the worker's queue of progress messages to the main process
+
+
+def _worker_init(messages, threads: int) -> None:
+    """Before torch is imported in the worker: its queue, and OpenMP's thread count."""
+    import os
+
+    global _messages
+    _messages = messages
+    os.environ.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+
+
+def _run_seed_job(job: _SeedJob) -> None:
+    """In a worker process: one seed, from its shard, reporting each step to the main one."""
+    import torch
+
+    torch.set_num_threads(job.threads)
+
+    def progress(done: int, total: int, description: str = "") -> None:
+        if _messages is not None:
+            _messages.put(description)
+
+    job.shard.parent.mkdir(parents=True, exist_ok=True)
+    state = _State.shard(job.shard, job.state)
+    replay = _Replay(job.start_model, job.pool, job.test, job.out, job.config, state, progress)
+    replay.start_pred = job.start_pred
+    replay.run_seed(job.seed)
+
+
 class _Replay:
     """One simulation in named steps: :meth:`start` (the starting model, 0 labels),
     :meth:`seed_batch`, :meth:`rounds` of one formula, :meth:`ceiling` (every pool tile) and
@@ -589,7 +677,8 @@ class _Replay:
     def __init__(
         self,
         start: Path,
-        tileset: Path,
+        pool: Path,
+        test: Path,
         out: Path,
         config: SimulateConfig,
         state: _State,
@@ -598,7 +687,7 @@ class _Replay:
         self.start_model, self.out, self.config = start, out, config
         self.state, self.progress = state, progress
         self.t0 = time.perf_counter()
-        self.pool, self.test = split_pool_test(tileset, out, config)
+        self.pool, self.test = pool, test
         self.pool_ids = sorted(read_index_ids(self.pool))
         self.test_tiles = len(read_index_ids(self.test))
         self.total = 1 + len(config.seeds) * (
@@ -700,6 +789,77 @@ class _Replay:
                 shutil.rmtree(previous, ignore_errors=True)
             self._advance(f"seed {seed} {formula} round {r}: IoU {row['test_iou']:.3f}")
 
+    def run_seed(self, seed: int) -> None:
+        """Everything of one seed: its seed batch, every formula's rounds, its ceiling."""
+        seed_chain = self.seed_batch(seed)
+        for formula in self.config.formulas:
+            self.rounds(seed, formula, seed_chain)
+        self.ceiling(seed)
+
+    def run_seeds_in_parallel(self, seeds: list[int], workers: int) -> None:
+        """The seeds side by side in ``workers`` processes, each with its own shard of the
+        state (``work/seed<N>/state.json``), taken into the main state as each seed ends.
+
+        Processes rather than threads: fine-tuning holds the GIL between torch's kernels, and
+        each process has its own torch thread pool (``finetune.threads``, by default the cores
+        shared out), so a run gives exactly the figures of a one-worker run with as many
+        threads. Processes are spawned (torch's OpenMP pool does not survive fork)."""
+        import multiprocessing as mp
+        import queue as queues
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        from rscrisis.cluster import cores_per_worker
+
+        config = self.config
+        threads = config.finetune.threads or cores_per_worker(workers)
+        ctx = mp.get_context("spawn")
+        messages = ctx.Queue()
+        jobs = [
+            _SeedJob(
+                seed=seed,
+                start_model=self.start_model,
+                start_pred=self.start_pred,
+                pool=self.pool,
+                test=self.test,
+                out=self.out,
+                config=config,
+                threads=threads,
+                shard=self.work / f"seed{seed}" / STATE,
+                state=self.state.of_seed(seed),
+            )
+            for seed in seeds
+        ]
+
+        def drain(block: float) -> None:
+            try:
+                while True:
+                    self._advance(messages.get(timeout=block))
+                    block = 0.01
+            except queues.Empty:
+                pass
+
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(jobs)),
+            mp_context=ctx,
+            initializer=_worker_init,
+            initargs=(messages, threads),
+        ) as executor:
+            pending = {executor.submit(_run_seed_job, job): job for job in jobs}
+            try:
+                while pending:
+                    done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    drain(0.01)
+                    for future in done:
+                        job = pending.pop(future)
+                        future.result()  # a worker's error is raised here
+                        self.state.absorb(job.shard)
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+            finally:
+                drain(0.01)
+
     def ceiling(self, seed: int) -> None:
         """Fine-tuning on every pool tile: the ceiling of the labels."""
         if not self.config.ceiling or self.state.chain(seed, CEILING) is not None:
@@ -763,7 +923,8 @@ def simulate(
     fingerprint = {
         "model": str(start.resolve()),
         "tileset": str(tileset.resolve()),
-        "config": config.model_dump(mode="json"),
+        # the number of worker processes does not change the figures
+        "config": config.model_dump(mode="json", exclude={"workers"}),
         "rscrisis_version": __version__,
     }
     with claim_output_dir(out, PRODUCTS, overwrite=overwrite, resume=resume, resumable=True):
@@ -777,7 +938,10 @@ def simulate(
         state = _State(out / STATE, fingerprint)
         if config.finetune.threads:
             torch.set_num_threads(config.finetune.threads)
-        replay = _Replay(start, tileset, out, config, state, progress)
+        for shard in sorted((out / "work").glob(f"seed*/{STATE}")):  # a killed parallel run
+            state.absorb(shard)
+        pool, test = split_pool_test(tileset, out, config)
+        replay = _Replay(start, pool, test, out, config, state, progress)
         write_json_atomic(
             out / MANIFEST,
             {
@@ -791,11 +955,11 @@ def simulate(
         )
         replay.adapt()
         replay.start()
-        for seed in config.seeds:
-            seed_chain = replay.seed_batch(seed)
-            for formula in config.formulas:
-                replay.rounds(seed, formula, seed_chain)
-            replay.ceiling(seed)
+        if config.workers > 1 and len(config.seeds) > 1:
+            replay.run_seeds_in_parallel(list(config.seeds), config.workers)
+        else:
+            for seed in config.seeds:
+                replay.run_seed(seed)
         return replay.finish()
 
 

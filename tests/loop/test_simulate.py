@@ -176,3 +176,80 @@ def test_band_split_keeps_a_one_tile_gap_to_the_southern_test_band():
     pool, test = band_split(frame, 0.2)
     assert sorted(test) == [12, 13, 14]  # the southern row
     assert sorted(pool) == list(range(9))  # rows 0-2; row 3 is the gap
+
+
+TWO_SEEDS = TINY.model_copy(update={"seeds": (0, 1), "formulas": ("random", "entropy")})
+
+
+def _curves(out) -> pd.DataFrame:
+    keys = ["formula", "seed", "labelled"]
+    return pd.read_csv(out / "curves.csv").sort_values(keys).reset_index(drop=True)
+
+
+def test_seeds_in_parallel_processes_give_the_one_worker_figures(tiny_model, tiny_tiles, tmp_path):
+    seq = simulate(tiny_model, tiny_tiles, tmp_path / "seq", config=TWO_SEEDS)
+    seen = []
+    par = simulate(
+        tiny_model,
+        tiny_tiles,
+        tmp_path / "par",
+        config=TWO_SEEDS.model_copy(update={"workers": 2}),
+        progress=lambda done, total, text="": seen.append((done, total, text)),
+    )
+    a, b = _curves(tmp_path / "seq"), _curves(tmp_path / "par")
+    cols = ["formula", "seed", "labelled", "test_iou", "test_f1", "object_f1"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    assert par.runs == seq.runs == 1 + 2 * (1 + 2 * 2 + 1)
+    # every step of both workers reached the main process's progress, counted once
+    assert [d for d, _, _ in seen] == list(range(1, par.runs + 1))
+    assert {t for _, t, _ in seen} == {par.runs}
+    assert any("seed 1" in text for _, _, text in seen)
+    # the workers' shards were taken into the main state and removed
+    state = json.loads((tmp_path / "par" / "state.json").read_text())
+    assert len(state["rows"]) == par.runs
+    assert {"0/random", "1/random", "0/entropy", "1/entropy"} <= set(state["chains"])
+    assert not list((tmp_path / "par" / "work").glob("seed*/state.json"))
+    # the worker count is not a setting of the figures: a one-worker resume accepts the run
+    again = simulate(tiny_model, tiny_tiles, tmp_path / "par", config=TWO_SEEDS, resume=True)
+    assert again.runs == par.runs
+
+
+def test_a_killed_parallel_run_resumes_from_its_workers_shards(
+    tiny_model, tiny_tiles, tmp_path, monkeypatch
+):
+    import rscrisis.loop.simulate as sim
+
+    out = tmp_path / "sim"
+    first = simulate(tiny_model, tiny_tiles, out, config=TWO_SEEDS)
+    before = _curves(out)
+    # as a parallel run leaves it when killed: seed 1's seed batch and random's rounds only
+    # in its worker's shard, entropy's rounds and the ceiling not reached
+    state = json.loads((out / "state.json").read_text())
+    rows = state["rows"]
+    shard_rows = [r for r in rows if r["seed"] == 1 and r["formula"] in ("seed-batch", "random")]
+    chains = {k: state["chains"][k] for k in ("1/seed-batch", "1/random")}
+    shard = {"fingerprint": state["fingerprint"], "seed": 1, "rows": shard_rows, "chains": chains}
+    state["rows"] = [r for r in rows if r["seed"] != 1]
+    state["chains"] = {k: v for k, v in state["chains"].items() if not k.startswith("1/")}
+    (out / "state.json").write_text(json.dumps(state))
+    (out / "work" / "seed1" / "state.json").write_text(json.dumps(shard))
+    calls = {"n": 0}
+    real = sim._finetune_on
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sim, "_finetune_on", counting)
+    result = simulate(tiny_model, tiny_tiles, out, config=TWO_SEEDS, resume=True)
+    assert calls["n"] == 3  # seed 1's entropy rounds and ceiling; nothing redone
+    assert result.runs == first.runs
+    cols = ["formula", "seed", "labelled", "test_iou"]
+    pd.testing.assert_frame_equal(before[cols], _curves(out)[cols])
+    assert not (out / "work" / "seed1" / "state.json").exists()
+    # a shard of another simulation is refused, naming the file
+    shard["fingerprint"] = {**shard["fingerprint"], "model": "elsewhere"}
+    (out / "work" / "seed1" / "state.json").write_text(json.dumps(shard))
+    with pytest.raises(sim.InputError, match="other settings") as err:
+        simulate(tiny_model, tiny_tiles, out, config=TWO_SEEDS, resume=True)
+    assert "seed1" in str(err.value)
