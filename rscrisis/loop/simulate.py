@@ -113,41 +113,45 @@ class _State:
         self.rows.append(row)
         write_json_atomic(self.path, self.data)
 
-    def of_seed(self, seed: int) -> dict:
-        """This seed's rows and chains: what a worker's shard starts from."""
+    def of_chain(self, seed: int, formula: str) -> dict:
+        """One chain's rows and state: what a worker's shard starts from."""
         return {
             "fingerprint": self.data["fingerprint"],
             "seed": seed,
-            "rows": [r for r in self.rows if r["seed"] == seed],
-            "chains": {k: v for k, v in self.data["chains"].items() if k.startswith(f"{seed}/")},
+            "formula": formula,
+            "rows": [r for r in self.rows if (r["seed"], r["formula"]) == (seed, formula)],
+            "chains": {k: v for k, v in self.data["chains"].items() if k == f"{seed}/{formula}"},
         }
 
     def absorb(self, shard: Path) -> None:
-        """Take a worker's shard (one seed's rows and chains, saved after each of its rounds)
+        """Take a worker's shard (one chain's rows and state, saved after each of its rounds)
         into this state, and remove it: a killed parallel run resumes from its shards."""
         saved = read_json(shard, hint="rerun with --overwrite to start over")
-        if saved.get("fingerprint") != self.data["fingerprint"] or "seed" not in saved:
+        if saved.get("fingerprint") != self.data["fingerprint"] or "formula" not in saved:
             raise InputError(
                 "is a worker's state from a simulation with other settings or inputs",
                 path=shard,
                 hint="rerun with --overwrite to start over",
             )
-        seed = int(saved["seed"])
-        self.data["rows"] = [r for r in self.rows if r["seed"] != seed] + list(saved["rows"])
-        chains = {k: v for k, v in self.data["chains"].items() if not k.startswith(f"{seed}/")}
-        self.data["chains"] = {**chains, **saved["chains"]}
+        key = (int(saved["seed"]), str(saved["formula"]))
+        rows = [r for r in self.rows if (r["seed"], r["formula"]) != key]
+        self.data["rows"] = rows + list(saved["rows"])
+        self.data["chains"] = {
+            **{k: v for k, v in self.data["chains"].items() if k != f"{key[0]}/{key[1]}"},
+            **saved["chains"],
+        }
         write_json_atomic(self.path, self.data)
         shard.unlink()
 
     @classmethod
     def shard(cls, path: Path, start: dict) -> _State:
-        """A worker's state for one seed, at ``path``: resumed when it exists, else begun from
-        the main state's entries for that seed (``start``, from :meth:`of_seed`)."""
+        """A worker's state for one chain, at ``path``: resumed when it exists, else begun
+        from the main state's entries for that chain (``start``, from :meth:`of_chain`)."""
         state = cls.__new__(cls)
         state.path = path
-        state.data = (
-            read_json(path, hint="rerun with --overwrite to start over") if path.exists() else start
-        )
+        state.data = start
+        if path.exists():
+            state.data = read_json(path, hint="rerun with --overwrite to start over")
         if state.data.get("fingerprint") != start["fingerprint"]:
             raise InputError(
                 "is a worker's state from a simulation with other settings or inputs",
@@ -624,10 +628,12 @@ def _plot_gains(ax, frame, formulas, colours, markers, budgets: list[int]) -> No
 
 
 @dataclass
-class _SeedJob:
-    """What a worker process needs to run one seed (:meth:`_Replay.run_seeds_in_parallel`)."""
+class _ChainJob:
+    """What a worker process needs to run one chain: a seed batch, one formula's rounds after
+    it, or a ceiling (:meth:`_Replay.run_in_parallel`)."""
 
     seed: int
+    formula: str
     start_model: Path
     start_pred: Path
     pool: Path
@@ -637,13 +643,14 @@ class _SeedJob:
     threads: int
     shard: Path
     state: dict
+    seed_chain: dict | None = None
 
 
 _messages: Any = None  # the worker's queue of progress messages to the main process
 
 
 def _worker_init(messages, threads: int) -> None:
-    """Before torch is imported in the worker: its queue, and OpenMP's thread count."""
+    """Before torch is imported in the worker: its queue, and its threads."""
     import os
 
     global _messages
@@ -651,8 +658,8 @@ def _worker_init(messages, threads: int) -> None:
     os.environ.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
 
 
-def _run_seed_job(job: _SeedJob) -> None:
-    """In a worker process: one seed, from its shard, reporting each step to the main one."""
+def _run_chain_job(job: _ChainJob) -> None:
+    """In a worker process: one chain, from its shard, reporting each step to the main one."""
     import torch
 
     torch.set_num_threads(job.threads)
@@ -661,11 +668,16 @@ def _run_seed_job(job: _SeedJob) -> None:
         if _messages is not None:
             _messages.put(description)
 
-    job.shard.parent.mkdir(parents=True, exist_ok=True)
     state = _State.shard(job.shard, job.state)
     replay = _Replay(job.start_model, job.pool, job.test, job.out, job.config, state, progress)
     replay.start_pred = job.start_pred
-    replay.run_seed(job.seed)
+    if job.formula == SEED_FORMULA:
+        replay.seed_batch(job.seed)
+    elif job.formula == CEILING:
+        replay.ceiling(job.seed)
+    else:
+        assert job.seed_chain is not None
+        replay.rounds(job.seed, job.formula, job.seed_chain)
 
 
 class _Replay:
@@ -796,27 +808,34 @@ class _Replay:
             self.rounds(seed, formula, seed_chain)
         self.ceiling(seed)
 
-    def run_seeds_in_parallel(self, seeds: list[int], workers: int) -> None:
-        """The seeds side by side in ``workers`` processes, each with its own shard of the
-        state (``work/seed<N>/state.json``), taken into the main state as each seed ends.
+    def run_in_parallel(self, workers: int) -> None:
+        """Every seed's chains in ``workers`` processes: the seed batches first, then, as each
+        seed's batch is in, its formulas' rounds and its ceiling, each chain a task. A task
+        saves its rounds in a shard of the state (``work/shards/``), taken into the main state
+        when it ends.
 
         Processes rather than threads: fine-tuning holds the GIL between torch's kernels, and
         each process has its own torch thread pool (``finetune.threads``, by default the cores
         shared out), so a run gives exactly the figures of a one-worker run with as many
-        threads. Processes are spawned (torch's OpenMP pool does not survive fork)."""
+        threads. Processes are spawned (torch's OpenMP pool does not survive fork). Chains, not
+        seeds, are the tasks: 5 seeds on 2 workers would leave one seed alone at the end."""
         import multiprocessing as mp
         import queue as queues
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
         from rscrisis.cluster import cores_per_worker
 
         config = self.config
         threads = config.finetune.threads or cores_per_worker(workers)
+        shards = self.work / "shards"
+        shards.mkdir(parents=True, exist_ok=True)
         ctx = mp.get_context("spawn")
         messages = ctx.Queue()
-        jobs = [
-            _SeedJob(
+
+        def job(seed: int, formula: str) -> _ChainJob:
+            return _ChainJob(
                 seed=seed,
+                formula=formula,
                 start_model=self.start_model,
                 start_pred=self.start_pred,
                 pool=self.pool,
@@ -824,41 +843,62 @@ class _Replay:
                 out=self.out,
                 config=config,
                 threads=threads,
-                shard=self.work / f"seed{seed}" / STATE,
-                state=self.state.of_seed(seed),
+                shard=shards / f"seed{seed}-{formula.replace('+', '_')}.json",
+                state=self.state.of_chain(seed, formula),
+                seed_chain=self.state.chain(seed, SEED_FORMULA),
             )
-            for seed in seeds
-        ]
 
-        def drain(block: float) -> None:
+        def drain() -> None:
             try:
                 while True:
-                    self._advance(messages.get(timeout=block))
-                    block = 0.01
+                    self._advance(messages.get(timeout=0.01))
             except queues.Empty:
                 pass
 
+        def done(seed: int, formula: str) -> bool:
+            chain = self.state.chain(seed, formula)
+            if formula in (SEED_FORMULA, CEILING):
+                return chain is not None or (formula == CEILING and not config.ceiling)
+            return chain is not None and chain["round"] >= config.rounds
+
         with ProcessPoolExecutor(
-            max_workers=min(workers, len(jobs)),
+            max_workers=workers,
             mp_context=ctx,
             initializer=_worker_init,
             initargs=(messages, threads),
         ) as executor:
-            pending = {executor.submit(_run_seed_job, job): job for job in jobs}
+            pending: dict[Future, _ChainJob] = {}
+
+            def submit(seed: int, formula: str) -> None:
+                if not done(seed, formula):
+                    j = job(seed, formula)
+                    pending[executor.submit(_run_chain_job, j)] = j
+
+            def after_seed_batch(seed: int) -> None:
+                for formula in (*config.formulas, CEILING):
+                    submit(seed, formula)
+
+            for seed in config.seeds:
+                if done(seed, SEED_FORMULA):
+                    after_seed_batch(seed)
+                else:
+                    submit(seed, SEED_FORMULA)
             try:
                 while pending:
-                    done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    drain(0.01)
-                    for future in done:
-                        job = pending.pop(future)
+                    finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    drain()
+                    for future in finished:
+                        j = pending.pop(future)
                         future.result()  # a worker's error is raised here
-                        self.state.absorb(job.shard)
+                        self.state.absorb(j.shard)
+                        if j.formula == SEED_FORMULA:
+                            after_seed_batch(j.seed)
             except BaseException:
                 for future in pending:
                     future.cancel()
                 raise
             finally:
-                drain(0.01)
+                drain()
 
     def ceiling(self, seed: int) -> None:
         """Fine-tuning on every pool tile: the ceiling of the labels."""
@@ -938,7 +978,7 @@ def simulate(
         state = _State(out / STATE, fingerprint)
         if config.finetune.threads:
             torch.set_num_threads(config.finetune.threads)
-        for shard in sorted((out / "work").glob(f"seed*/{STATE}")):  # a killed parallel run
+        for shard in sorted((out / "work" / "shards").glob("*.json")):  # a killed parallel run
             state.absorb(shard)
         pool, test = split_pool_test(tileset, out, config)
         replay = _Replay(start, pool, test, out, config, state, progress)
@@ -955,8 +995,8 @@ def simulate(
         )
         replay.adapt()
         replay.start()
-        if config.workers > 1 and len(config.seeds) > 1:
-            replay.run_seeds_in_parallel(list(config.seeds), config.workers)
+        if config.workers > 1:
+            replay.run_in_parallel(config.workers)
         else:
             for seed in config.seeds:
                 replay.run_seed(seed)

@@ -208,7 +208,7 @@ def test_seeds_in_parallel_processes_give_the_one_worker_figures(tiny_model, tin
     state = json.loads((tmp_path / "par" / "state.json").read_text())
     assert len(state["rows"]) == par.runs
     assert {"0/random", "1/random", "0/entropy", "1/entropy"} <= set(state["chains"])
-    assert not list((tmp_path / "par" / "work").glob("seed*/state.json"))
+    assert not list((tmp_path / "par" / "work" / "shards").iterdir())
     # the worker count is not a setting of the figures: a one-worker resume accepts the run
     again = simulate(tiny_model, tiny_tiles, tmp_path / "par", config=TWO_SEEDS, resume=True)
     assert again.runs == par.runs
@@ -222,17 +222,26 @@ def test_a_killed_parallel_run_resumes_from_its_workers_shards(
     out = tmp_path / "sim"
     first = simulate(tiny_model, tiny_tiles, out, config=TWO_SEEDS)
     before = _curves(out)
-    # as a parallel run leaves it when killed: seed 1's seed batch and random's rounds only
-    # in its worker's shard, entropy's rounds and the ceiling not reached
+    # as a parallel run leaves it when killed: seed 1's random chain only in its worker's
+    # shard, its entropy rounds and its ceiling not reached
     state = json.loads((out / "state.json").read_text())
     rows = state["rows"]
-    shard_rows = [r for r in rows if r["seed"] == 1 and r["formula"] in ("seed-batch", "random")]
-    chains = {k: state["chains"][k] for k in ("1/seed-batch", "1/random")}
-    shard = {"fingerprint": state["fingerprint"], "seed": 1, "rows": shard_rows, "chains": chains}
-    state["rows"] = [r for r in rows if r["seed"] != 1]
-    state["chains"] = {k: v for k, v in state["chains"].items() if not k.startswith("1/")}
+    shard = {
+        "fingerprint": state["fingerprint"],
+        "seed": 1,
+        "formula": "random",
+        "rows": [r for r in rows if (r["seed"], r["formula"]) == (1, "random")],
+        "chains": {"1/random": state["chains"]["1/random"]},
+    }
+    gone = {"random", "entropy", "ceiling"}
+    state["rows"] = [r for r in rows if not (r["seed"] == 1 and r["formula"] in gone)]
+    state["chains"] = {
+        k: v for k, v in state["chains"].items() if k not in {f"1/{f}" for f in gone}
+    }
     (out / "state.json").write_text(json.dumps(state))
-    (out / "work" / "seed1" / "state.json").write_text(json.dumps(shard))
+    path = out / "work" / "shards" / "seed1-random.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(shard))
     calls = {"n": 0}
     real = sim._finetune_on
 
@@ -246,10 +255,10 @@ def test_a_killed_parallel_run_resumes_from_its_workers_shards(
     assert result.runs == first.runs
     cols = ["formula", "seed", "labelled", "test_iou"]
     pd.testing.assert_frame_equal(before[cols], _curves(out)[cols])
-    assert not (out / "work" / "seed1" / "state.json").exists()
+    assert not path.exists()
     # a shard of another simulation is refused, naming the file
     shard["fingerprint"] = {**shard["fingerprint"], "model": "elsewhere"}
-    (out / "work" / "seed1" / "state.json").write_text(json.dumps(shard))
+    path.write_text(json.dumps(shard))
     with pytest.raises(sim.InputError, match="other settings") as err:
         simulate(tiny_model, tiny_tiles, out, config=TWO_SEEDS, resume=True)
-    assert "seed1" in str(err.value)
+    assert "seed1-random.json" in str(err.value)
