@@ -11,6 +11,9 @@ Run side by side on 2 CPU cores, one thread each, they took 87 minutes each:
     .venv/bin/python benchmarks/bench_active_learning.py --setting fair --workdir /tmp/al \
         --threads 1
 
+One setting alone on 2 cores: ``--workers 2`` (simulate's chains in two one-thread processes;
+the same figures as ``--threads 1``).
+
 1. Split (banepa_split.py): the northern 45 % of the Banepa mosaic is the pretraining area,
    labelled only with its OSM footprints made noisier (``rscrisis noise`` defaults); south of a
    one-tile gap, the oracle area. ``rscrisis pretrain`` on the pretraining area for a fixed
