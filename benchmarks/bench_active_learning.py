@@ -144,18 +144,18 @@ def _merged(prior: dict, sim: Path) -> dict:
 def _pretraining(model: Path) -> dict:
     """How the starting model was pretrained: its budget and where it stopped, from the model
     file (a --pretrain-minutes run is reproduced with --pretrain-epochs at its epochs)."""
-    from rscrisis.io.model_file import model_summary, read_meta
+    from rscrisis.io.model_file import read_meta
 
-    meta = model_summary(read_meta(model))
-    config = meta["training"].get("config", {})
-    best = meta["training"].get("best_epoch")
+    meta = read_meta(model)
+    config = meta.training.get("config", {})
+    best = meta.training.get("best_epoch")
     return {
-        "epochs_trained": meta["epochs_trained"],
+        "epochs_trained": len(meta.history),
         "best_epoch": best,
         "epochs": config.get("epochs"),
         "max_minutes": config.get("max_minutes"),
         "best_val_iou": next(
-            (h.get("val_iou") for h in read_meta(model).history if h.get("epoch") == best), None
+            (h.get("val_iou") for h in meta.history if h.get("epoch") == best), None
         ),
     }
 
@@ -276,7 +276,7 @@ def main() -> None:
         "--workers",
         type=int,
         default=1,
-        help="simulate --workers: seeds side by side in this many processes (the same figures)",
+        help="simulate --workers: chains side by side in this many processes (the same figures)",
     )
     parser.add_argument(
         "--adapt",

@@ -129,8 +129,12 @@ def worker_environment(workers: int) -> dict[str, str]:
     the second returns every freed window buffer to the kernel (measured: scene tasks 1.6x
     slower). Here each worker gets its share of the cores, and torch's OpenMP threads yield
     while they wait, as in the in-process path."""
-    share = str(cores_per_worker(workers))
-    return {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share, "OMP_WAIT_POLICY": "PASSIVE"}
+    return {**thread_environment(cores_per_worker(workers)), "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    """The OpenMP and MKL thread counts of a worker process, set before torch is imported."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def cores_per_worker(workers: int) -> int:

@@ -588,9 +588,9 @@ class SimulateConfig(_Config):
     workers: int = Field(
         1,
         ge=1,
-        description="run the seeds side by side in this many processes, each with --threads "
-        "threads (default: the cores shared out); the figures are those of a one-worker run "
-        "with as many threads",
+        description="run the chains (seed batches, each formula's rounds, ceilings) side by "
+        "side in this many processes, each with --threads threads (default: the cores shared "
+        "out); the figures are those of a one-worker run with as many threads",
     )
     adapt: AdaptConfig | None = Field(
         None,

@@ -126,13 +126,7 @@ class _State:
     def absorb(self, shard: Path) -> None:
         """Take a worker's shard (one chain's rows and state, saved after each of its rounds)
         into this state, and remove it: a killed parallel run resumes from its shards."""
-        saved = read_json(shard, hint="rerun with --overwrite to start over")
-        if saved.get("fingerprint") != self.data["fingerprint"] or "formula" not in saved:
-            raise InputError(
-                "is a worker's state from a simulation with other settings or inputs",
-                path=shard,
-                hint="rerun with --overwrite to start over",
-            )
+        saved = _read_shard(shard, self.data["fingerprint"])
         key = (int(saved["seed"]), str(saved["formula"]))
         rows = [r for r in self.rows if (r["seed"], r["formula"]) != key]
         self.data["rows"] = rows + list(saved["rows"])
@@ -149,16 +143,20 @@ class _State:
         from the main state's entries for that chain (``start``, from :meth:`of_chain`)."""
         state = cls.__new__(cls)
         state.path = path
-        state.data = start
-        if path.exists():
-            state.data = read_json(path, hint="rerun with --overwrite to start over")
-        if state.data.get("fingerprint") != start["fingerprint"]:
-            raise InputError(
-                "is a worker's state from a simulation with other settings or inputs",
-                path=path,
-                hint="rerun with --overwrite to start over",
-            )
+        state.data = _read_shard(path, start["fingerprint"]) if path.exists() else start
         return state
+
+
+def _read_shard(path: Path, fingerprint: dict) -> dict:
+    """A worker's shard of the state, refused unless it is of this simulation."""
+    saved = read_json(path, hint="rerun with --overwrite to start over")
+    if saved.get("fingerprint") != fingerprint or "formula" not in saved:
+        raise InputError(
+            "is a worker's state from a simulation with other settings or inputs",
+            path=path,
+            hint="rerun with --overwrite to start over",
+        )
+    return saved
 
 
 def split_pool_test(tileset: Path, out: Path, config: SimulateConfig) -> tuple[Path, Path]:
@@ -653,9 +651,11 @@ def _worker_init(messages, threads: int) -> None:
     """Before torch is imported in the worker: its queue, and its threads."""
     import os
 
+    from rscrisis.cluster import thread_environment
+
     global _messages
     _messages = messages
-    os.environ.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    os.environ.update(thread_environment(threads))
 
 
 def _run_chain_job(job: _ChainJob) -> None:
