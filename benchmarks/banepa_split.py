@@ -66,9 +66,12 @@ def pretrain_robust(
     pretrained models the benchmarks share through --workdir.
 
     By default a fixed ``epochs`` (a full warm-up and cosine schedule), so the starting model
-    is the same on every machine and under any load. ``minutes`` instead stops a 200-epoch
-    schedule after that much CPU wall time, as the benchmarks did before run 4: the start then
-    depends on the machine and on what else ran beside it.
+    does not depend on the machine's speed or load. It is still not bit-identical across
+    machines: 100 epochs of floating-point training on another CPU diverge (the same code and
+    data gave a Banepa start of 0.572 on one machine and 0.561 on another), so compare runs
+    from the same ``--workdir`` only. ``minutes`` instead stops a 200-epoch schedule after
+    that much CPU wall time, as the benchmarks did before run 4: the start then also depends
+    on the machine's speed and on what else ran beside it.
     """
     from rscrisis.config import PretrainConfig
     from rscrisis.ml.training import train

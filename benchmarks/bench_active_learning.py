@@ -17,7 +17,8 @@ the same figures as ``--threads 1``).
 1. Split (banepa_split.py): the northern 45 % of the Banepa mosaic is the pretraining area,
    labelled only with its OSM footprints made noisier (``rscrisis noise`` defaults); south of a
    one-tile gap, the oracle area. ``rscrisis pretrain`` on the pretraining area for a fixed
-   100 epochs (``--pretrain-epochs``), so the start does not depend on the machine's speed.
+   100 epochs (``--pretrain-epochs``), so the start does not depend on the machine's speed
+   (another CPU still gives another start: compare runs that share a --workdir).
 2. The oracle tile set: ``banepa``: the oracle area, cut by ``rscrisis simulate --split band``
    into a pool and a test band south of it; ``fair``: Kampala, Catanduanes and Nairobi (other
    roofs, other light; Nairobi's outlines sit about 2 m off, real label noise, in the pool and
@@ -256,7 +257,8 @@ def main() -> None:
         "--pretrain-epochs",
         type=int,
         default=PRETRAIN_EPOCHS,
-        help="pretraining budget: the same starting model on any machine (default: %(default)s)",
+        help="pretraining budget: a start independent of the machine's speed and load, though "
+        "not bit-identical across CPUs (default: %(default)s)",
     )
     parser.add_argument(
         "--pretrain-minutes",

@@ -1,6 +1,6 @@
 """How fast can the model itself run on a CPU? Eager bf16 against compiled and exported graphs.
 
-Run on demand (not a test). ONNX Runtime comes from ``pip install -e ".[bench]"``:
+Run on demand (not a test); ONNX Runtime is a dependency of rscrisis:
 
     .venv/bin/python benchmarks/bench_forward.py --model MODEL --scene SCENE \
         --labelled TILESET

@@ -20,12 +20,13 @@ measurement runs in a fresh process whose peak RSS is reported:
 
 The model is an untrained resnet18 U-Net (speed does not depend on weights) unless --model is
 given; with --model, ``--dense`` adds the same generated scene through the seeded untrained
-model (a speckled map). Variants combine ``fp32``/``bf16``, ``channels-last`` and
-``overlapN`` (``bf16+channels-last+overlap32``). ``--repeat N`` runs every measurement N
-times, interleaved, and reports the median run with the range; the ratio to the bare forward
-pairs the runs of one repetition. Where the generated scene's footprints are beside it, each
-map's pixel IoU against them is reported (``truth_iou``). Prints a table and saves it as CSV
-and JSON under benchmarks/results/.
+model (a speckled map). Variants combine ``fp32``/``bf16``, ``channels-last``, ``ort`` (ONNX
+Runtime instead of eager PyTorch, fp32: ``fp32+ort``; without it the variant runs PyTorch
+whatever ``--engine auto`` would pick) and ``overlapN`` (``bf16+channels-last+overlap32``).
+``--repeat N`` runs every measurement N times, interleaved, and reports the median run with the
+range; the ratio to the bare forward pairs the runs of one repetition. Where the generated
+scene's footprints are beside it, each map's pixel IoU against them is reported
+(``truth_iou``). Prints a table and saves it as CSV and JSON under benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def child_forward(args) -> dict:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     amp = autocast_dtype(torch.device("cpu"), args.precision)
+    run = model
+    if args.engine == "onnxruntime":
+        from rscrisis.ml.engine import onnx_runner
+
+        run, amp = onnx_runner(model), None
     mean = np.asarray(meta.mean, np.float32)[:, None, None]
     std = np.asarray(meta.std, np.float32)[:, None, None]
     n_batches = max(3, min(args.forward_batches, -(-len(prep.plan) // args.batch_size)))
@@ -113,10 +119,10 @@ def child_forward(args) -> dict:
             break
     times = []
     with torch.no_grad(), torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-        model(*batches[0])  # warm-up: kernel creation
+        run(*batches[0])  # warm-up: kernel creation
         for x, valid in batches[1:]:
             t0 = time.perf_counter()
-            model(x, valid)
+            run(x, valid)
             times.append(time.perf_counter() - t0)
     windows_per_s = args.batch_size / float(np.median(times))
     scene_seconds = len(prep.plan) / windows_per_s
@@ -145,6 +151,7 @@ def child_rscrisis(args) -> dict:
         batch_size=args.batch_size,
         precision=args.precision,
         channels_last=args.channels_last,
+        engine=args.engine,
     )
     t0 = time.perf_counter()
     res = predict_scene(args.model, args.scene, args.out, config=cfg, overwrite=True)
@@ -364,6 +371,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="torch", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
@@ -405,10 +413,13 @@ def main() -> None:
             opts = {
                 "precision": "bf16" if "bf16" in v else "fp32",
                 "channels_last": "channels-last" in v,
+                "engine": "torch",
             }
             for part in v.split("+"):  # e.g. bf16+channels-last+overlap32: a smaller overlap
                 if part.startswith("overlap"):
                     opts["overlap"] = int(part.removeprefix("overlap"))
+                if part == "ort":  # fp32+ort: ONNX Runtime (rscrisis.ml.engine)
+                    opts["engine"] = "onnxruntime"
             if args.only != "rscrisis":
                 runs.append((f"bare forward {v}", "forward", opts))
             runs.append((f"rscrisis {v}", "rscrisis", opts))

@@ -220,7 +220,21 @@ class PretrainConfig(TrainConfig):
     edge_ignore: int = _edge_field(2)
 
 
-class PredictConfig(ComputeConfig):
+EngineName = Literal["auto", "torch", "onnxruntime"]
+
+
+class InferenceConfig(ComputeConfig):
+    """Where and by what a prediction runs (tile sets and scenes)."""
+
+    engine: EngineName = Field(
+        "auto",
+        description="what runs the model: auto picks ONNX Runtime on CPUs without native bf16 "
+        "for jobs of 200 windows or more (1.3-1.7x faster there, the same outputs), PyTorch "
+        "elsewhere",
+    )
+
+
+class PredictConfig(InferenceConfig):
     """How ``rscrisis predict`` runs a model over a tile set."""
 
     batch_size: int = Field(8, ge=1, description="tiles per forward pass")
@@ -238,7 +252,7 @@ class PredictConfig(ComputeConfig):
 ProbFormat = Literal["uint8", "float16"]
 
 
-class SceneConfig(ComputeConfig):
+class SceneConfig(InferenceConfig):
     """How ``rscrisis predict`` turns a whole scene into a building map."""
 
     window: int | None = Field(

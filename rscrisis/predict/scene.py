@@ -545,6 +545,7 @@ def predict_scene(
     import torch
 
     from rscrisis.ml.device import fast_dtype, resolve_device
+    from rscrisis.ml.engine import select_engine
     from rscrisis.ml.model import load_model
     from rscrisis.ml.tta import D4, IDENTITY
     from rscrisis.predict.threads import BackgroundConsumer, Prefetcher
@@ -558,10 +559,14 @@ def predict_scene(
         if config.threads:
             torch.set_num_threads(config.threads)
         model.eval()
-        if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        amp = fast_dtype(device, config.precision)
         views = D4 if config.tta else IDENTITY
+        engine = select_engine(model, device, fast_dtype(device, config.precision),
+                               config.engine, channels_last=config.channels_last,
+                               windows=len(prep.plan) * len(views))  # fmt: skip
+        if engine.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        runner = engine.model if engine.name != "torch" else model
+        amp = engine.amp
         mean = np.asarray(meta.mean, np.float32)[:, None, None]
         std = np.asarray(meta.std, np.float32)[:, None, None]
         total = len(prep.plan)
@@ -582,7 +587,7 @@ def predict_scene(
                     ):
                         t_model = time.perf_counter()
                         probs, stats = _infer(
-                            model, batch, device, amp, views, config.channels_last
+                            runner, batch, device, amp, views, engine.channels_last
                         )
                         model_s += time.perf_counter() - t_model
                         consumer.put((batch, probs, stats))
@@ -630,6 +635,8 @@ def predict_scene(
                 "window": prep.window,
                 "overlap": prep.overlap,
                 "threshold": model.threshold,
+                "engine": engine.name,
+                "precision": "bf16" if amp == torch.bfloat16 else "fp32",
                 "config": config.model_dump(mode="json"),
                 "result": result.to_dict(),
                 "timings": {

@@ -261,14 +261,16 @@ def predict_tiles(
         )
         t0 = time.perf_counter()
         try:
+            used_engine = "per worker"
             if scheduler:
                 stats = _predict_on_cluster(
                     model_path, tilesets, out, config, n, embeddings, scheduler, progress
                 )
             else:
-                amp = autocast_dtype(device, "auto")
-                stats = predict_part(model, loader, frame, out, device, amp, config,
-                                     embeddings, progress, n)  # fmt: skip
+                engine = _engine(model, device, config, n)
+                used_engine = engine.name
+                stats = predict_part(engine.model, loader, frame, out, device, engine.amp,
+                                     config, embeddings, progress, n)  # fmt: skip
             embeddings.flush()
             del embeddings
             emb_tmp.replace(out / EMBEDDINGS)
@@ -309,6 +311,7 @@ def predict_tiles(
                 "tilesets": [str(t) for t in tilesets],
                 "config": config.model_dump(mode="json"),
                 "embedding_dim": model.embedding_dim,
+                "engine": used_engine,
                 "threshold": meta.threshold,
                 "result": result.to_dict(),
             },
@@ -365,9 +368,21 @@ def predict_tiles_part(
     )  # fmt: skip
     frame = table.frame.iloc[start:stop]
     embeddings = np.zeros((len(frame), model.embedding_dim), np.float32)
-    amp = autocast_dtype(device, "auto")
-    rows = predict_part(model, loader, frame, Path(out), device, amp, settings, embeddings)
+    engine = _engine(model, device, settings, len(frame))
+    rows = predict_part(engine.model, loader, frame, Path(out), device, engine.amp, settings,
+                        embeddings)  # fmt: skip
     return {"start": start, "rows": rows, "embeddings": embeddings}
+
+
+def _engine(model, device, config: PredictConfig, tiles: int):
+    """What runs ``model`` over ``tiles`` tiles for ``config`` (rscrisis.ml.engine): fp32
+    PyTorch or ONNX Runtime."""
+    from rscrisis.ml.engine import select_engine
+
+    amp = autocast_dtype(device, "auto")
+    views = 8 if config.tta else 1
+    return select_engine(model, device, amp, config.engine, mc_dropout=config.mc_samples > 0,
+                         windows=tiles * views)  # fmt: skip
 
 
 def _predict_on_cluster(model_path, tilesets, out, config, n, embeddings, scheduler, progress):

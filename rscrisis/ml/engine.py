@@ -1,0 +1,226 @@
+"""Which engine runs a model at prediction: eager PyTorch, or ONNX Runtime on a CPU.
+
+On a CPU without native bf16 (AVX2 only, as on most field laptops) PyTorch runs the U-Net in
+fp32, and ONNX Runtime's fp32 kernels run the same graph faster with the same outputs (README,
+"A faster engine for the model", an idle 2-core AVX2 EPYC: 25.0 against 43.6 windows/s at
+128 px, 8.5 against 11.1 at 256 px; mask IoU 1.0 against eager fp32; with other processes on
+the cores, 4.6 against 17.8). Where the CPU has native bf16, eager bf16 is faster than ONNX
+Runtime's fp32 and stays the default. A dependency is worth it here: PyTorch has no way to
+get those kernels.
+
+The model is exported with PyTorch's TorchScript-based ONNX exporter (it needs the ``onnx``
+package; the newer ``dynamo`` exporter ran no faster here, takes 15 s instead of 4 and needs
+torch 2.5), in memory, once per model and process. The export is checked against the eager
+model on a probe batch before it is used. ``auto`` falls back to PyTorch, with a warning,
+when any of this fails; an explicit ``onnxruntime`` raises.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import get_args
+
+import numpy as np
+import torch
+
+from rscrisis.config import EngineName
+from rscrisis.errors import InputError, ProcessingError
+from rscrisis.ml.device import cpu_has_native_bf16
+
+log = logging.getLogger(__name__)
+
+ENGINES: tuple[str, ...] = get_args(EngineName)
+OUTPUTS = ("logits", "iou", "embedding")
+#: the largest difference from the eager model, on a probe batch, that an export may show
+#: (fp32 kernels differ in summation order: about 1e-5 was seen on logits)
+EXPORT_TOLERANCE = 1e-3
+ONNX_OPSET = 17
+#: ``auto`` uses ONNX Runtime for jobs of at least this many forward passes of one window (TTA
+#: views count): below it the export (2.4 s) costs more than the faster passes save. Measured
+#: on an idle 2-core AVX2 CPU: 0.017 s saved per 128 px tile, 0.027 s per 256 px window, so
+#: 200 windows save 1 to 3 s net; 104 tiles took 5.4-6.0 s in PyTorch, 6.4-6.6 s in ONNX Runtime.
+ONNX_MIN_WINDOWS = 200
+
+
+@dataclass
+class Engine:
+    """What runs the model: ``model(x, valid)`` -> (logits, iou, embedding), with ``threshold``
+    and ``eval()``, under ``amp`` autocast (None: fp32)."""
+
+    name: str
+    model: object
+    amp: torch.dtype | None
+    channels_last: bool
+
+
+def onnxruntime_missing() -> str | None:
+    """Why ONNX Runtime cannot run a model here (None when it can)."""
+    import importlib.util
+
+    missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed"
+    return None
+
+
+def select_engine(
+    model,
+    device: torch.device,
+    amp: torch.dtype | None,
+    engine: str = "auto",
+    *,
+    channels_last: bool = False,
+    mc_dropout: bool = False,
+    windows: int | None = None,
+) -> Engine:
+    """The engine for ``model`` on ``device``, given the autocast ``amp`` PyTorch would use.
+
+    ``auto``: ONNX Runtime on a CPU without native bf16 when it is installed, no bf16 autocast
+    or MC dropout is asked for, and the job has at least :data:`ONNX_MIN_WINDOWS` forward
+    passes (``windows``; None: a job of unknown size, taken as large); PyTorch otherwise.
+    ``onnxruntime``: ONNX Runtime or an error that says why not. ``torch``: PyTorch."""
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}", hint=f"use one of {', '.join(ENGINES)}")
+    eager = Engine("torch", model, amp, channels_last)
+    if engine == "torch":
+        return eager
+    why_not = _why_not_onnx(device, amp, mc_dropout)
+    small = windows is not None and windows < ONNX_MIN_WINDOWS
+    if engine == "auto" and (why_not or small or cpu_has_native_bf16()):
+        return eager
+    if why_not:
+        raise InputError(
+            f"--engine onnxruntime cannot run here: {why_not}",
+            hint='install it (pip install "rscrisis[onnx]"), or use --engine auto or torch',
+        )
+    try:
+        runner = onnx_runner(model)
+    except Exception as e:  # auto falls back to PyTorch; the reason is logged
+        if engine == "onnxruntime":
+            raise ProcessingError(
+                f"the model could not run in ONNX Runtime: {e}",
+                hint="use --engine torch (and report the model's encoder)",
+            ) from e
+        log.warning("ONNX Runtime could not run the model (%s); using PyTorch", e)
+        return eager
+    return Engine("onnxruntime", runner, None, False)
+
+
+def _why_not_onnx(device: torch.device, amp: torch.dtype | None, mc_dropout: bool) -> str | None:
+    if device.type != "cpu":
+        return f"the model runs on {device.type} (ONNX Runtime is used on CPUs only)"
+    if amp is not None:
+        return "bf16 is asked for (ONNX Runtime runs the model in fp32)"
+    if mc_dropout:
+        return "--mc-samples needs dropout at prediction, which the exported graph leaves out"
+    return onnxruntime_missing()
+
+
+class OnnxSegmenter:
+    """A :class:`~rscrisis.ml.model.BuildingSegmenter` in eval mode, run by ONNX Runtime.
+
+    Called like the module (``(x, valid)`` tensors in, the three outputs as CPU tensors out) so
+    that :func:`rscrisis.ml.tta.forward_views` runs it unchanged, every D4 view included."""
+
+    def __init__(self, graph: bytes, threshold: float, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # threads sleep between batches instead of spinning, so the reader and writer threads
+        # get the cores (also a little faster on its own: 20.4 against 18.5 windows/s)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.threshold = threshold
+
+    def eval(self) -> OnnxSegmenter:
+        return self
+
+    def __call__(self, x: torch.Tensor, valid: torch.Tensor | None = None):
+        xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        if valid is None:
+            v = np.ones((xs.shape[0], 1, *xs.shape[2:]), bool)
+        else:
+            v = np.ascontiguousarray(valid.detach().cpu().numpy(), dtype=bool)
+        outputs = self.session.run(list(OUTPUTS), {"x": xs, "valid": v})
+        return tuple(torch.from_numpy(o) for o in outputs)
+
+
+#: one session per live model and state: a worker that maps many scenes exports once
+_RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state_key(model) -> tuple:
+    """Changes whenever a weight or statistic of ``model`` is replaced or updated in place."""
+    return tuple((id(t), t._version) for t in model.state_dict(keep_vars=True).values())
+
+
+def onnx_runner(model, threads: int | None = None) -> OnnxSegmenter:
+    """``model`` exported to ONNX (in memory) and checked against itself on a probe batch."""
+    threads = threads or torch.get_num_threads()
+    key = (_state_key(model), threads)
+    cached = _RUNNERS.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    was_training = model.training
+    model.eval()
+    try:
+        graph = export_onnx(model)
+        runner = OnnxSegmenter(graph, model.threshold, threads)
+        _check_export(model, runner)
+    finally:
+        model.train(was_training)
+    _RUNNERS[model] = (key, runner)
+    return runner
+
+
+def export_onnx(model) -> bytes:
+    """The eval-mode model as an ONNX graph, batch size and window size free."""
+    channels = int(model.unet.encoder._in_channels)
+    x = torch.zeros(2, channels, 64, 64)
+    valid = torch.ones(2, 1, 64, 64, dtype=torch.bool)
+    free = {0: "n", 2: "h", 3: "w"}
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # the TorchScript exporter announces its deprecation on every call
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x, valid),
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects
+            input_names=["x", "valid"],
+            output_names=list(OUTPUTS),
+            dynamic_axes={
+                **dict.fromkeys(("x", "valid", "logits"), free),
+                "iou": {0: "n"},
+                "embedding": {0: "n"},
+            },
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def _check_export(model, runner: OnnxSegmenter) -> None:
+    """The exported graph gives the eager model's outputs on a seeded probe batch, at a window
+    size other than the one traced (so no traced size is baked in)."""
+    channels = int(model.unet.encoder._in_channels)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, 96, 128, generator=g)
+    valid = torch.ones(2, 1, 96, 128, dtype=torch.bool)
+    valid[1, :, :, 100:] = False
+    with torch.no_grad():
+        want = model(x, valid)
+    got = runner(x, valid)
+    for name, a, b in zip(OUTPUTS, want, got, strict=True):
+        diff = float((a.float() - b).abs().max())
+        if not diff <= EXPORT_TOLERANCE:
+            raise ProcessingError(
+                f"the exported graph's {name} differs from the model's by {diff:.2g}",
+                hint="use --engine torch",
+            )

@@ -1,0 +1,158 @@
+"""The prediction engine: ONNX Runtime gives the eager model's outputs, and the choice rules."""
+
+import json
+import logging
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from rscrisis.config import PredictConfig, SceneConfig
+from rscrisis.errors import InputError, ProcessingError
+from rscrisis.ml import engine as engines
+from rscrisis.ml.engine import onnx_runner, onnxruntime_missing, select_engine
+from rscrisis.ml.model import BuildingSegmenter, load_model, read_meta
+from rscrisis.ml.tta import D4, forward_views
+
+needs_ort = pytest.mark.skipif(onnxruntime_missing() is not None, reason="no ONNX Runtime")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def no_native_bf16(monkeypatch):
+    """Every machine behaves like an AVX2 laptop, where auto picks ONNX Runtime (for jobs of
+    any size here: the tests' are small)."""
+    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(engines, "ONNX_MIN_WINDOWS", 0)
+
+
+@pytest.fixture
+def model(tiny_model):
+    m, _ = load_model(tiny_model, "cpu")
+    return m.eval()
+
+
+@needs_ort
+def test_onnx_runner_gives_the_eager_outputs_at_any_size_and_under_every_view(model):
+    runner = onnx_runner(model, threads=1)
+    g = torch.Generator().manual_seed(3)
+    for shape, views in [((1, 3, 64, 64), D4), ((5, 3, 96, 160), (0, 2, 4, 6))]:
+        x = torch.randn(*shape, generator=g)
+        valid = torch.rand(shape[0], shape[2], shape[3], generator=g) > 0.2
+        with torch.no_grad():
+            want = forward_views(model, x, valid, None, views)
+        got = forward_views(runner, x, valid, None, views)
+        for name in ("prob", "iou", "embedding", "spread", "agreement"):
+            a, b = getattr(want, name), getattr(got, name)
+            assert b.shape == a.shape, name
+            np.testing.assert_allclose(b.numpy(), a.numpy(), atol=2e-4, err_msg=name)
+        # masked pixels change the IoU head's pooled input: valid reaches the graph
+        ones = torch.ones_like(valid)
+        assert not torch.allclose(runner(x, ones.unsqueeze(1))[1], got.iou)
+
+
+@needs_ort
+def test_a_runner_is_reused_until_the_weights_change(model):
+    first = onnx_runner(model, threads=1)
+    assert onnx_runner(model, threads=1) is first
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    before = first(x)[0]
+    with torch.no_grad():
+        model.unet.segmentation_head[0].bias.add_(1.5)  # in place, as an optimiser would
+    second = onnx_runner(model, threads=1)
+    assert second is not first
+    np.testing.assert_allclose(second(x)[0].numpy(), before.numpy() + 1.5, atol=1e-4)
+
+
+@needs_ort
+def test_auto_picks_onnxruntime_only_where_it_is_the_faster_exact_engine(model, monkeypatch):
+    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: False)
+    chosen = select_engine(model, CPU, None, "auto")
+    assert chosen.name == "onnxruntime" and chosen.amp is None and not chosen.channels_last
+    # bf16 autocast asked for, MC dropout, or a CPU with native bf16: PyTorch
+    assert select_engine(model, CPU, torch.bfloat16, "auto").name == "torch"
+    assert select_engine(model, CPU, None, "auto", mc_dropout=True).name == "torch"
+    # a job too small to repay the export runs in PyTorch, unless asked for by name
+    few = engines.ONNX_MIN_WINDOWS - 1
+    assert select_engine(model, CPU, None, "auto", windows=few).name == "torch"
+    assert select_engine(model, CPU, None, "auto", windows=few + 1).name == "onnxruntime"
+    assert select_engine(model, CPU, None, "onnxruntime", windows=1).name == "onnxruntime"
+    assert select_engine(model, CPU, None, "torch").model is model
+    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: True)
+    eager = select_engine(model, CPU, torch.bfloat16, "auto", channels_last=True)
+    assert (eager.name, eager.amp, eager.channels_last) == ("torch", torch.bfloat16, True)
+    # asked for by name, it is used even there
+    assert select_engine(model, CPU, None, "onnxruntime").name == "onnxruntime"
+
+
+def test_onnxruntime_by_name_says_why_it_cannot_run(model, monkeypatch):
+    with pytest.raises(InputError, match="mc-samples"):
+        select_engine(model, CPU, None, "onnxruntime", mc_dropout=True)
+    with pytest.raises(InputError, match="on cuda"):
+        select_engine(model, torch.device("cuda"), None, "onnxruntime")
+    with pytest.raises(InputError, match="bf16"):
+        select_engine(model, CPU, torch.bfloat16, "onnxruntime")
+    monkeypatch.setattr(engines, "onnxruntime_missing", lambda: "onnxruntime not installed")
+    with pytest.raises(InputError, match="not installed") as e:
+        select_engine(model, CPU, None, "onnxruntime")
+    assert "pip install" in str(e.value)
+    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: False)
+    assert select_engine(model, CPU, None, "auto").name == "torch"
+
+
+@needs_ort
+def test_a_failed_export_falls_back_under_auto_and_fails_by_name(
+    model, no_native_bf16, monkeypatch, caplog
+):
+    def broken(_model):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(engines, "export_onnx", broken)
+    with caplog.at_level(logging.WARNING, logger="rscrisis.ml.engine"):
+        assert select_engine(model, CPU, None, "auto").model is model
+    assert "unsupported operator" in caplog.text
+    with pytest.raises(ProcessingError, match="unsupported operator"):
+        select_engine(model, CPU, None, "onnxruntime")
+
+
+@needs_ort
+def test_an_export_that_disagrees_with_the_model_is_refused(model, tiny_model, monkeypatch):
+    torch.manual_seed(1)
+    other = BuildingSegmenter(read_meta(tiny_model).encoder, 3).eval()  # other weights
+    export = engines.export_onnx
+    monkeypatch.setattr(engines, "export_onnx", lambda _m: export(other))
+    with pytest.raises(ProcessingError, match="differs from the model"):
+        onnx_runner(model, threads=1)
+
+
+@needs_ort
+def test_scene_and_tile_predictions_are_the_same_with_either_engine(
+    tiny_model, tiny_tiles, no_native_bf16, tmp_path
+):
+    from rscrisis.predict.scene import predict_scene
+    from rscrisis.predict.tiles import predict_tiles
+
+    scene = sorted((tiny_tiles / "images").glob("*.tif"))[0]
+    maps = {}
+    for name in ("torch", "auto"):
+        cfg = SceneConfig(window=64, overlap=16, batch_size=2, engine=name, threads=1)
+        out = tmp_path / f"map-{name}"
+        predict_scene(tiny_model, scene, out, config=cfg)
+        manifest = json.loads((out / "predict.json").read_text())
+        assert manifest["engine"] == ("torch" if name == "torch" else "onnxruntime")
+        with rasterio.open(out / "probability.tif") as ds:
+            maps[name] = ds.read(1).astype(int)
+    assert np.abs(maps["torch"] - maps["auto"]).max() <= 1  # one step of 1/254 at most
+
+    scores = {}
+    for name in ("torch", "onnxruntime"):
+        out = tmp_path / f"pred-{name}"
+        predict_tiles(tiny_model, [tiny_tiles], out, config=PredictConfig(engine=name, threads=1))
+        assert json.loads((out / "predict.json").read_text())["engine"] == name
+        scores[name] = gpd.read_file(out / "scores.gpkg", layer="scores")
+        scores[name + "-emb"] = np.load(out / "embeddings.npy")
+    for col in ("pred_iou", "mean_entropy", "soft_iou", "building_fraction"):
+        np.testing.assert_allclose(scores["onnxruntime"][col], scores["torch"][col], atol=1e-4)
+    np.testing.assert_allclose(scores["onnxruntime-emb"], scores["torch-emb"], atol=1e-4)
