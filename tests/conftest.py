@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,22 @@ BANEPA = REPO.parent / "shared" / "data" / "banepa"
 
 UTM = "EPSG:32645"
 ORIGIN = (354_000.0, 3_057_000.0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_loggers():
+    """Each test starts with the library's loggers as a fresh process has them.
+
+    A command run through CliRunner calls ``configure_logging``, which binds a handler to the
+    runner's stderr (closed once the command returns) and stops propagation; left in place, a
+    later test's warnings would go to a closed file instead of to ``caplog``.
+    """
+    yield
+    for name in ("rscrisis", "rasterio"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
 
 
 def utm_transform(res: float = 0.5, origin: tuple[float, float] = ORIGIN) -> Affine:

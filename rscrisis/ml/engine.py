@@ -179,9 +179,15 @@ def onnx_runner(model, threads: int | None = None) -> OnnxSegmenter:
     return runner
 
 
+def _in_channels(model) -> int:
+    """The image bands the model takes: those of its first convolution."""
+    first = next(p for p in model.unet.encoder.parameters() if p.dim() == 4)
+    return int(first.shape[1])
+
+
 def export_onnx(model) -> bytes:
     """The eval-mode model as an ONNX graph, batch size and window size free."""
-    channels = int(model.unet.encoder._in_channels)
+    channels = _in_channels(model)
     x = torch.zeros(2, channels, 64, 64)
     valid = torch.ones(2, 1, 64, 64, dtype=torch.bool)
     free = {0: "n", 2: "h", 3: "w"}
@@ -209,7 +215,7 @@ def export_onnx(model) -> bytes:
 def _check_export(model, runner: OnnxSegmenter) -> None:
     """The exported graph gives the eager model's outputs on a seeded probe batch, at a window
     size other than the one traced (so no traced size is baked in)."""
-    channels = int(model.unet.encoder._in_channels)
+    channels = _in_channels(model)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, channels, 96, 128, generator=g)
     valid = torch.ones(2, 1, 96, 128, dtype=torch.bool)

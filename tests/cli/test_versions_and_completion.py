@@ -41,4 +41,5 @@ def test_bash_completion_knows_commands_options_and_choices():
 
 def test_the_completion_script_is_printed_for_bash(invoke):
     r = invoke("--show-completion", "bash")
-    assert r.exit_code == 0 and "_rscrisis_completion" in r.stdout
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "_rscrisis_completion" in r.stdout

@@ -23,8 +23,12 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def no_native_bf16(monkeypatch):
     """Every machine behaves like an AVX2 laptop, where auto picks ONNX Runtime (for jobs of
-    any size here: the tests' are small)."""
+    any size here: the tests' are small). ``precision auto`` reads the CPU too, through
+    rscrisis.ml.device, or a machine with AVX512-BF16 or AMX would pick bf16 and so PyTorch."""
+    from rscrisis.ml import device
+
     monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(engines, "ONNX_MIN_WINDOWS", 0)
 
 
