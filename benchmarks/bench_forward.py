@@ -18,10 +18,14 @@ and normalised exactly as ``rscrisis predict`` does, in memory before timing) an
   fp32's on the same tiles: the "equal IoU" test.
 
 Backends: ``eager-fp32``, ``eager-bf16`` (autocast + channels-last: rscrisis' default on CPUs
-with native bf16), ``int8-dynamic`` (``torch.ao.quantization.quantize_dynamic`` of the Linear
-layers, the only kind it quantises), ``compile-bf16`` (``torch.compile``, inductor), ``ort-fp32``
-(ONNX export + ONNX Runtime), ``ort-int8`` (ONNX Runtime static QDQ int8, calibrated on the
-first batches). Prints a table and saves it under benchmarks/results/.
+with native bf16), ``folded-fp32`` and ``folded-bf16`` (the same with the batch norms folded
+into the convolutions, as rscrisis' PyTorch engine runs them:
+``rscrisis.ml.engine.folded_model``), ``int8-dynamic``
+(``torch.ao.quantization.quantize_dynamic`` of the Linear layers, the only kind it quantises),
+``compile-bf16`` (``torch.compile``, inductor), ``ort-fp32`` (ONNX export + ONNX Runtime),
+``ort-int8`` (ONNX Runtime static QDQ int8, calibrated on the first batches).
+
+Prints a table and saves it under benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -40,7 +44,16 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-BACKENDS = ("eager-fp32", "eager-bf16", "int8-dynamic", "compile-bf16", "ort-fp32", "ort-int8")
+BACKENDS = (
+    "eager-fp32",
+    "eager-bf16",
+    "folded-fp32",
+    "folded-bf16",
+    "int8-dynamic",
+    "compile-bf16",
+    "ort-fp32",
+    "ort-int8",
+)
 
 
 def scene_windows(model_path: Path, scene: Path, n: int, batch_size: int) -> np.ndarray:
@@ -100,9 +113,13 @@ class Runner:
         self.amp = None
         self.channels_last = False
         self.session = None
-        if backend == "eager-bf16" or backend == "compile-bf16":
+        if backend in ("eager-bf16", "compile-bf16", "folded-bf16"):
             self.amp, self.channels_last = torch.bfloat16, True
             model = model.to(memory_format=torch.channels_last)
+        if backend.startswith("folded"):
+            from rscrisis.ml.engine import folded_model
+
+            model = folded_model(model, self.channels_last)
         if backend == "int8-dynamic":
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)
         if backend == "compile-bf16":

@@ -563,10 +563,8 @@ def predict_scene(
         engine = select_engine(model, device, fast_dtype(device, config.precision),
                                config.engine, channels_last=config.channels_last,
                                windows=len(prep.plan) * len(views))  # fmt: skip
-        if engine.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        runner = engine.model if engine.name != "torch" else model
-        amp = engine.amp
+        runner, amp, threshold = engine.model, engine.amp, model.threshold
+        del model  # what runs is the engine's (folded) copy: the original's weights can go
         mean = np.asarray(meta.mean, np.float32)[:, None, None]
         std = np.asarray(meta.std, np.float32)[:, None, None]
         total = len(prep.plan)
@@ -577,7 +575,7 @@ def predict_scene(
         done = skipped = 0
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
             picture = Thumbnail(prep.grid.width, prep.grid.height, prep.grid.transform)
-            writer = _SceneWriter(prep, out, config, model.threshold, clock, picture)
+            writer = _SceneWriter(prep, out, config, threshold, clock, picture)
             try:
                 consumer = BackgroundConsumer(writer.handle, depth=2)
                 try:
@@ -634,7 +632,7 @@ def predict_scene(
                 "resampled": prep.grid.resampled,
                 "window": prep.window,
                 "overlap": prep.overlap,
-                "threshold": model.threshold,
+                "threshold": threshold,
                 "engine": engine.name,
                 "precision": "bf16" if amp == torch.bfloat16 else "fp32",
                 "config": config.model_dump(mode="json"),

@@ -13,7 +13,7 @@ from rscrisis.config import PredictConfig, SceneConfig
 from rscrisis.errors import InputError, ProcessingError
 from rscrisis.ml import engine as engines
 from rscrisis.ml.engine import onnx_runner, onnxruntime_missing, select_engine
-from rscrisis.ml.model import BuildingSegmenter, load_model, read_meta
+from rscrisis.ml.model import ENCODERS, BuildingSegmenter, load_model, read_meta
 from rscrisis.ml.tta import D4, forward_views
 
 needs_ort = pytest.mark.skipif(onnxruntime_missing() is not None, reason="no ONNX Runtime")
@@ -83,7 +83,12 @@ def test_auto_picks_onnxruntime_only_where_it_is_the_faster_exact_engine(model, 
     assert select_engine(model, CPU, None, "auto", windows=few).name == "torch"
     assert select_engine(model, CPU, None, "auto", windows=few + 1).name == "onnxruntime"
     assert select_engine(model, CPU, None, "onnxruntime", windows=1).name == "onnxruntime"
+    # PyTorch folds the batch norms of large bf16 jobs on a CPU, and only there
     assert select_engine(model, CPU, None, "torch").model is model
+    bf16 = select_engine(model, CPU, torch.bfloat16, "torch")
+    assert bf16.model is engines.folded_model(model) and bf16.model is not model
+    small = engines.FOLD_MIN_WINDOWS - 1  # too few windows to repay the fold
+    assert select_engine(model, CPU, torch.bfloat16, "torch", windows=small).model is model
     monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: True)
     eager = select_engine(model, CPU, torch.bfloat16, "auto", channels_last=True)
     assert (eager.name, eager.amp, eager.channels_last) == ("torch", torch.bfloat16, True)
@@ -160,3 +165,84 @@ def test_scene_and_tile_predictions_are_the_same_with_either_engine(
     for col in ("pred_iou", "mean_entropy", "soft_iou", "building_fraction"):
         np.testing.assert_allclose(scores["onnxruntime"][col], scores["torch"][col], atol=1e-4)
     np.testing.assert_allclose(scores["onnxruntime-emb"], scores["torch-emb"], atol=1e-4)
+
+
+def _with_running_statistics(model):
+    """Batch norms with statistics of their own, so that folding them changes the weights."""
+    g = torch.Generator().manual_seed(5)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("encoder", sorted(ENCODERS))
+def test_folded_batch_norms_give_the_models_outputs_for_every_encoder(encoder):
+    torch.manual_seed(0)
+    model = _with_running_statistics(BuildingSegmenter(encoder, 4))
+    model.enable_mc_dropout()  # a mode of the caller's, which folding must leave as it was
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = engines.folded_model(model)
+    assert folded is not model
+    norms = [m for m in folded.modules() if type(m) is torch.nn.BatchNorm2d]
+    if encoder.startswith("resnet"):
+        assert not norms  # every one of them folded, the encoder's and the decoder's
+    x = torch.randn(3, 4, 64, 96, generator=torch.Generator().manual_seed(1))
+    valid = torch.ones(3, 1, 64, 96, dtype=torch.bool)
+    valid[2, :, 40:] = False
+    model.eval()
+    with torch.no_grad():
+        want, got = model(x, valid), folded(x, valid)
+    for name, a, b in zip(engines.OUTPUTS, want, got, strict=True):
+        scale = max(1.0, float(a.abs().max()))  # an untrained resnet34's logits reach 1e3
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-4 * scale, err_msg=name)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert any(type(m) is torch.nn.BatchNorm2d for m in model.modules())
+
+
+def test_a_folded_model_is_kept_until_the_weights_change(model):
+    folded = engines.folded_model(model)
+    assert engines.folded_model(model) is folded
+    assert engines.folded_model(model, channels_last=True) is not folded
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    before = folded(x)[0]
+    with torch.no_grad():
+        model.unet.segmentation_head[0].bias.add_(1.5)  # in place, as an optimiser would
+    again = engines.folded_model(model)
+    assert again is not folded
+    with torch.no_grad():
+        np.testing.assert_allclose(again(x)[0].numpy(), before.numpy() + 1.5, atol=1e-4)
+
+
+def test_a_fold_that_disagrees_with_the_model_is_not_used(model, tiny_model, monkeypatch):
+    torch.manual_seed(1)
+    other = BuildingSegmenter(read_meta(tiny_model).encoder, 3).eval()  # other weights
+    monkeypatch.setattr(engines, "_fold", lambda _m: other)
+    assert engines.folded_model(model) is model
+    assert select_engine(model, CPU, torch.bfloat16, "torch").model is model
+
+
+def test_a_bf16_scene_map_is_the_same_with_folded_batch_norms(
+    tiny_model, tiny_tiles, monkeypatch, tmp_path
+):
+    from rscrisis.predict.scene import predict_scene
+
+    folds = []
+    fold = engines.folded_model
+    monkeypatch.setattr(engines, "folded_model", lambda *a: folds.append(1) or fold(*a))
+    scene = sorted((tiny_tiles / "images").glob("*.tif"))[0]
+    maps = {}
+    for name, least in (("plain", 10**9), ("folded", 0)):
+        monkeypatch.setattr(engines, "FOLD_MIN_WINDOWS", least)
+        cfg = SceneConfig(window=64, overlap=16, batch_size=2, engine="torch", threads=1,
+                          precision="bf16", channels_last=True)  # fmt: skip
+        predict_scene(tiny_model, scene, tmp_path / name, config=cfg)
+        assert json.loads((tmp_path / name / "predict.json").read_text())["engine"] == "torch"
+        with rasterio.open(tmp_path / name / "probability.tif") as ds:
+            maps[name] = ds.read(1).astype(int)
+        assert len(folds) == (name == "folded")
+    # bf16 rounds the folded weights and activations differently: a few grey levels at most
+    diff = np.abs(maps["plain"] - maps["folded"])
+    assert diff.max() <= 6 and diff.mean() < 1
