@@ -234,7 +234,8 @@ def folded_model(model, channels_last: bool = False):
     finally:
         for m, training in modes:
             m.training = training
-    _FOLDED[model] = (key, folded)
+    if folded is not model:  # a value holding its own key would keep the model alive
+        _FOLDED[model] = (key, folded)
     return folded
 
 

@@ -246,3 +246,19 @@ def test_a_bf16_scene_map_is_the_same_with_folded_batch_norms(
     # bf16 rounds the folded weights and activations differently: a few grey levels at most
     diff = np.abs(maps["plain"] - maps["folded"])
     assert diff.max() <= 6 and diff.mean() < 1
+
+
+def test_a_model_that_cannot_be_folded_is_not_kept_alive(tiny_model, monkeypatch):
+    import gc
+    import weakref
+
+    def broken(_model):
+        raise RuntimeError("not traceable")
+
+    monkeypatch.setattr(engines, "_fold", broken)
+    m, _ = load_model(tiny_model, "cpu")
+    assert engines.folded_model(m.eval()) is m
+    alive = weakref.ref(m)
+    del m
+    gc.collect()
+    assert alive() is None  # the cache does not hold what it could not fold
