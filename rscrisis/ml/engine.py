@@ -17,10 +17,12 @@ when any of this fails; an explicit ``onnxruntime`` raises.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import get_args
 
@@ -186,16 +188,25 @@ def onnx_runner(model, threads: int | None = None) -> OnnxSegmenter:
     cached = _RUNNERS.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
-    was_training = model.training
-    model.eval()
-    try:
+    with _in_eval_mode(model):
         graph = export_onnx(model)
         runner = OnnxSegmenter(graph, model.threshold, threads)
         _check_same(model, runner)
-    finally:
-        model.train(was_training)
     _RUNNERS[model] = (key, runner)
     return runner
+
+
+@contextlib.contextmanager
+def _in_eval_mode(model) -> Iterator[None]:
+    """``model`` in eval mode, and afterwards every module in the mode it had (so a mixed
+    state, such as MC dropout's, survives an export or a fold)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 _FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -221,19 +232,15 @@ def folded_model(model, channels_last: bool = False):
     cached = _FOLDED.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
-        folded = _fold(model)
-        if channels_last:
-            folded = folded.to(memory_format=torch.channels_last)
-        _check_same(model, folded, "folded model")
+        with _in_eval_mode(model):
+            folded = _fold(model)
+            if channels_last:
+                folded = folded.to(memory_format=torch.channels_last)
+            _check_same(model, folded, "folded model")
     except Exception as e:  # the unfolded model is always right
         log.debug("batch norms not folded (%s)", e)
         folded = model.to(memory_format=torch.channels_last) if channels_last else model
-    finally:
-        for m, training in modes:
-            m.training = training
     if folded is not model:  # a value holding its own key would keep the model alive
         _FOLDED[model] = (key, folded)
     return folded
