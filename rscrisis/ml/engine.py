@@ -31,7 +31,7 @@ import torch
 
 from rscrisis.config import EngineName
 from rscrisis.errors import InputError, ProcessingError
-from rscrisis.ml.device import cpu_has_native_bf16
+from rscrisis.ml import device as devices  # read at call time: one place to know the CPU
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def select_engine(
         return _eager(model, device, amp, channels_last, windows)
     why_not = _why_not_onnx(device, amp, mc_dropout)
     small = windows is not None and windows < ONNX_MIN_WINDOWS
-    if engine == "auto" and (why_not or small or cpu_has_native_bf16()):
+    if engine == "auto" and (why_not or small or devices.cpu_has_native_bf16()):
         return _eager(model, device, amp, channels_last, windows)
     if why_not:
         raise InputError(

@@ -11,6 +11,7 @@ import torch
 
 from rscrisis.config import PredictConfig, SceneConfig
 from rscrisis.errors import InputError, ProcessingError
+from rscrisis.ml import device as devices
 from rscrisis.ml import engine as engines
 from rscrisis.ml.engine import onnx_runner, onnxruntime_missing, select_engine
 from rscrisis.ml.model import ENCODERS, BuildingSegmenter, load_model, read_meta
@@ -23,12 +24,9 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def no_native_bf16(monkeypatch):
     """Every machine behaves like an AVX2 laptop, where auto picks ONNX Runtime (for jobs of
-    any size here: the tests' are small). ``precision auto`` reads the CPU too, through
-    rscrisis.ml.device, or a machine with AVX512-BF16 or AMX would pick bf16 and so PyTorch."""
-    from rscrisis.ml import device
-
-    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    any size here: the tests' are small). The engine and ``precision auto`` both ask
+    rscrisis.ml.device, so a machine with AVX512-BF16 or AMX is hidden from both."""
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(engines, "ONNX_MIN_WINDOWS", 0)
 
 
@@ -72,7 +70,7 @@ def test_a_runner_is_reused_until_the_weights_change(model):
 
 @needs_ort
 def test_auto_picks_onnxruntime_only_where_it_is_the_faster_exact_engine(model, monkeypatch):
-    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     chosen = select_engine(model, CPU, None, "auto")
     assert chosen.name == "onnxruntime" and chosen.amp is None and not chosen.channels_last
     # bf16 autocast asked for, MC dropout, or a CPU with native bf16: PyTorch
@@ -89,7 +87,7 @@ def test_auto_picks_onnxruntime_only_where_it_is_the_faster_exact_engine(model, 
     assert bf16.model is engines.folded_model(model) and bf16.model is not model
     small = engines.FOLD_MIN_WINDOWS - 1  # too few windows to repay the fold
     assert select_engine(model, CPU, torch.bfloat16, "torch", windows=small).model is model
-    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
     eager = select_engine(model, CPU, torch.bfloat16, "auto", channels_last=True)
     assert (eager.name, eager.amp, eager.channels_last) == ("torch", torch.bfloat16, True)
     # asked for by name, it is used even there
@@ -107,7 +105,7 @@ def test_onnxruntime_by_name_says_why_it_cannot_run(model, monkeypatch):
     with pytest.raises(InputError, match="not installed") as e:
         select_engine(model, CPU, None, "onnxruntime")
     assert "pip install" in str(e.value)
-    monkeypatch.setattr(engines, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     assert select_engine(model, CPU, None, "auto").name == "torch"
 
 
