@@ -329,7 +329,7 @@ DiversityName = Literal["none", "coreset", "cluster"]
 class RankConfig(_Config):
     """How ``rscrisis rank`` picks and exports an annotation batch."""
 
-    formula: FormulaName = Field("entropy", description="priority formula (see rank --help)")
+    formula: FormulaName = Field("entropy-iou", description="priority formula (see rank --help)")
     top: int = Field(20, ge=1, description="tiles in the batch")
     diversity: DiversityName = Field(
         "none",

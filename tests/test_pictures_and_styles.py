@@ -76,7 +76,9 @@ def test_scene_quicklook_and_qgis_ready_maps(scene_map):
 
 def test_prediction_set_scores_are_styled_by_priority(tiny_pred):
     style, qml, _ = styles(tiny_pred / "scores.gpkg")["scores"]
-    assert style == "priority" and "mean_entropy" in qml.find("renderer-v2").get("attr")
+    attr = qml.find("renderer-v2").get("attr")
+    # rank's default, entropy-iou: uncertain and probably wrong
+    assert style == "priority" and "mean_entropy" in attr and "calibrated_iou" in attr
 
 
 def test_rank_writes_an_overview_and_a_styled_ranking(tiny_pred, tmp_path):

@@ -23,10 +23,11 @@ YELLOW_TO_RED = ("255,255,178", "254,204,92", "253,141,60", "240,59,32", "189,0,
 
 #: predicted-IoU classes of the windows layer
 IOU_CLASSES = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0001]
-#: rank's default formula, entropy (rscrisis.loop.ranking: the mean binary entropy H), divided
-#: by its maximum so the classes hold whatever the scene's contrast, as a QGIS expression over
-#: scores.gpkg's columns
-PRIORITY_EXPRESSION = '"mean_entropy" / maximum("mean_entropy")'
+#: rank's default formula, entropy-iou (rscrisis.loop.ranking: H / max(H) x (1 - calibrated
+#: IoU)), divided by its maximum so the classes hold whatever the scene's contrast, as a QGIS
+#: expression over scores.gpkg's columns
+_ENTROPY_IOU = '"mean_entropy" * (1 - "calibrated_iou")'
+PRIORITY_EXPRESSION = f"({_ENTROPY_IOU}) / maximum({_ENTROPY_IOU})"
 PRIORITY_CLASSES = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0001]
 
 _TABLE = """

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 FORMULAS: dict[str, str] = {
-    "entropy-iou": "H / max(H) x (1 - calibrated_iou): uncertain AND probably wrong",
-    "entropy": "H = mean binary entropy of the probabilities (bits) (default)",
+    "entropy-iou": "H / max(H) x (1 - calibrated_iou): uncertain AND probably wrong (default)",
+    "entropy": "H = mean binary entropy of the probabilities (bits)",
     "margin": "1 - mean |2p - 1|: probabilities close to the threshold",
     "iou": "1 - calibrated_iou: the (calibrated) IoU head expects a poor prediction",
     "soft-iou": "1 - soft_iou: training-free expected error (no IoU head needed)",

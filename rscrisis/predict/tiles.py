@@ -290,7 +290,7 @@ def predict_tiles(
             scores.to_file(tmp, layer=SCORES_LAYER, driver="GPKG", engine="pyogrio")
             add_style(tmp, SCORES_LAYER, graduated(PRIORITY_EXPRESSION, PRIORITY_CLASSES,
                       YELLOW_TO_RED), "priority", "tiles coloured by the default annotation "
-                      "priority, entropy (red: annotate first)")  # fmt: skip
+                      "priority, entropy-iou (red: annotate first)")  # fmt: skip
         result = PredictResult(
             out=str(out),
             tiles=n,

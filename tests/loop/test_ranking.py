@@ -144,3 +144,24 @@ def test_iou_formulas_use_the_calibrated_iou_when_the_prediction_set_has_it():
     score, parts = priority("entropy-iou", stats)
     assert parts["expected_error"] == pytest.approx([0.05, 0.10, 0.70, 0.50])
     assert IDS[order(score, IDS)][0] == "t3"
+
+
+def test_the_default_passes_over_dense_tiles_the_model_already_gets_right():
+    """Why rank's default is entropy-iou (README, annotation benchmark run 5): on Banepa, mean
+    entropy was highest on dense blocks full of building edges that the model already
+    segmented well, so ``entropy`` tied random. The default asks for an expected poor mask too."""
+    from rscrisis.config import RankConfig
+
+    stats = pd.DataFrame(
+        {
+            "tile_id": ["dense-right", "sparse-wrong", "field"],
+            "mean_entropy": [0.80, 0.55, 0.05],
+            "pred_iou": [0.85, 0.25, 0.02],
+            "calibrated_iou": [0.85, 0.25, 0.60],
+        }
+    )
+    ids = stats.tile_id.to_numpy()
+    default, _ = priority(RankConfig().formula, stats)
+    entropy, _ = priority("entropy", stats)
+    assert list(ids[order(default, ids)]) == ["sparse-wrong", "dense-right", "field"]
+    assert ids[order(entropy, ids)][0] == "dense-right"
