@@ -90,7 +90,8 @@ def score_direction(name: str, model: Path, target: Path, k: int, seeds: int) ->
     from rscrisis.ml.model import read_meta
     from rscrisis.predict.evaluate import evaluate
 
-    ev = evaluate(model, [target], config=PredictConfig(batch_size=16))
+    # one view, as the README's table was measured
+    ev = evaluate(model, [target], config=PredictConfig(batch_size=16, tta=False))
     rows = [r for r in ev.per_tile if np.isfinite(r["true_iou"])]
     true = np.array([r["true_iou"] for r in rows])
     has = np.array([r["has_buildings"] for r in rows])

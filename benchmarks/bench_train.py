@@ -91,7 +91,7 @@ def run(work: Path, encoder: str, minutes: float, args) -> dict:
         ),
     )
     train_s = time.perf_counter() - t0
-    ev = evaluate(model, [work / "test"], config=PredictConfig(batch_size=8))
+    ev = evaluate(model, [work / "test"], config=PredictConfig(batch_size=8, tta=False))
     ev_tta = evaluate(model, [work / "test"], config=PredictConfig(batch_size=8, tta=True))
     pred = predict_tiles(model, [work / "test"], work / f"pred-{encoder}", overwrite=True)
     return {

@@ -185,8 +185,14 @@ def _options(
         if name not in found:
             found[name] = _build(name, info, default, spell.get(name, Spell()), panel)
             found[name].raw = default
-        elif found[name].raw != default:  # pragma: no cover - caught at import
-            raise TypeError(f"--{name} has another default in {root.__name__}")
+        elif found[name].raw != default:
+            # one option, two configs with their own defaults (predict --tta: on for tile
+            # sets, off for scenes): the option shows none, each config keeps its own unless
+            # the option is given, and both descriptions must say so
+            if "default" not in (info.description or ""):  # pragma: no cover - at import
+                raise TypeError(f"--{name} has another default in {root.__name__}")
+            found[name].default = None
+            get_args(found[name].annotation)[1].show_default = False
         found[name].targets.append((root, path))
 
     owners: dict[str, int] = {}

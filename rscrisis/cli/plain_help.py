@@ -73,6 +73,8 @@ def option_names(param: Any) -> str:
 
 def _default_text(param: Any) -> str | None:
     default = param.default
+    if param.show_default is False:  # a default the help text states (predict --tta)
+        return None
     if param.is_flag:
         if param.secondary_opts:
             return (param.opts if default else param.secondary_opts)[0]

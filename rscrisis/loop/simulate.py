@@ -329,7 +329,7 @@ def _pool_correlations(pred_dir: Path, exclude: set[str]) -> dict:
     true = part.true_iou.to_numpy(float)
     has = part.has_buildings.to_numpy(bool)
     out = {"pool_tiles": len(part), "pool_empty_tiles": int((~has).sum())}
-    for col in ("pred_iou", "calibrated_iou", "soft_iou"):
+    for col in ("pred_iou", "calibrated_iou", "soft_iou", "tta_agreement"):
         if col in part:
             rho = rank_correlations(part[col].to_numpy(float), true, has)
             out[f"pool_rho_{col}"] = _r(rho["all"])
@@ -339,11 +339,13 @@ def _pool_correlations(pred_dir: Path, exclude: set[str]) -> dict:
 
 def oracle_samples(pred_dir: Path, ids: list[str]) -> list[dict]:
     """Calibration samples of ``ids``: the predicting model's statistics and the oracle IoU."""
-    from rscrisis.ml.calibration import FEATURES
+    from rscrisis.ml.calibration import AGREEMENT, FEATURES
 
     _, scores = _pool_view(pred_dir)
     part = scores[scores.tile_id.isin(ids)]
-    keys = ("tile_id", *FEATURES, "true_iou", "has_buildings")
+    keys = tuple(
+        k for k in ("tile_id", *FEATURES, AGREEMENT, "true_iou", "has_buildings") if k in part
+    )
     return [
         {k: (bool(r[k]) if k == "has_buildings" else r[k]) for k in keys}
         for r in part.to_dict("records")

@@ -98,6 +98,11 @@ def evaluate(
             o = object_counts(pred, truth, min_area_px=min_object_px)
             objs += o
             rec = frame.iloc[i]
+            views: dict[str, float] = {  # with the 8 views (PredictConfig.tta)
+                k: float(batch.stats[k][b])
+                for k in ("tta_agreement", "tta_spread")
+                if k in batch.stats
+            }
             rows.append(
                 {
                     "tile_id": rec.tile_id,
@@ -109,6 +114,7 @@ def evaluate(
                     "max_prob": float(batch.stats["max_prob"][b]),
                     "mean_prob": float(batch.stats["mean_prob"][b]),
                     "building_fraction": float(batch.stats["building_fraction"][b]),
+                    **views,
                     "has_buildings": bool(c.tp + c.fn > 0),
                     "tp": c.tp,
                     "fp": c.fp,

@@ -50,7 +50,7 @@ from rscrisis.io.styles import (
     add_style,
     graduated,
 )
-from rscrisis.ml.calibration import FEATURES, IoUCalibrator
+from rscrisis.ml.calibration import AGREEMENT, FEATURES, IoUCalibrator
 from rscrisis.ml.data import TileDataset, load_tiles
 from rscrisis.ml.device import autocast_dtype, resolve_device
 from rscrisis.ml.model import (
@@ -281,7 +281,8 @@ def predict_tiles(
         seconds = time.perf_counter() - t0
         calibrator = model_calibrator(meta)
         if rows:
-            stats = {k: np.array([r[k] for r in rows]) for k in FEATURES}
+            known = [k for k in (*FEATURES, AGREEMENT) if k in rows[0]]
+            stats = {k: np.array([r[k] for r in rows]) for k in known}
             for k, v in calibrator.apply(stats).items():
                 for r, value in zip(rows, v.tolist(), strict=True):
                     r[k] = value

@@ -216,6 +216,9 @@ def test_a_trusted_slice_scores_the_start_first_and_keeps_the_best(
     # one calibration sample per new tile, measured with the starting model before training
     assert len(meta.training["calibration_samples"]) == 16
     assert meta.training["iou_calibrator"]["samples"] == 16
+    # measured as predict measures (the 8 views), so each carries the views' agreement
+    assert all(0 <= s["tta_agreement"] <= 1 for s in meta.training["calibration_samples"])
+    assert meta.training["iou_calibrator"]["agreement_samples"] == 16
     assert meta.training["pretraining_tilesets"] == [str(tiny_tiles.resolve())]
     assert (tmp_path / "ft.finetune.json").exists()
 

@@ -66,7 +66,8 @@ def test_blank_empties_learnt_from_labels_stop_ranking_as_misses():
     )
     empty = np.array([s["tile_id"].startswith("e") for s in unseen])
     assert out["calibrated_iou"][empty].min() > 0.5  # not sent to annotators first
-    assert out["p_buildings"][empty] == pytest.approx(1 - 9 / 16)
+    # P(empty | blank): 9 of 14 labelled blanks were empty, plus 2 pseudo-samples of the head
+    assert out["p_buildings"][empty] == pytest.approx(1 - (9 + 2 * 0.02) / 16)
     # the head's level is corrected where it predicted: it read 0.1 too high
     assert np.mean(out["calibrated_iou"][found] - head[found]) < -0.03
 
@@ -94,7 +95,60 @@ def test_without_samples_the_calibrator_is_the_head():
     }
     out = cal.apply(stats)
     assert out["calibrated_iou"] == pytest.approx(stats["pred_iou"])
-    assert out["p_buildings"] == pytest.approx([1.0, 1.0, 1.0])
+    # on a blank tile the expected IoU is the chance that it is empty
+    assert out["p_buildings"] == pytest.approx([1.0, 0.98, 0.9])
+
+
+def _with_agreement(samples, agreement):
+    return [{**s, "tta_agreement": a} for s, a in zip(samples, agreement, strict=True)]
+
+
+def test_the_views_agreement_tells_an_empty_blank_from_a_miss():
+    """On a blank tile the agreement is the share of the 8 views that see nothing: 1 on an
+    empty field, lower where some view finds the roofs the merged map missed. The head
+    scores both near 0; the agreement ranks them, before any label."""
+    town = _town(n_empty=4, n_missed=4, n_found=12, seed=2)
+    rng = np.random.default_rng(3)
+    agreement = [
+        1.0 if s["tile_id"].startswith("e") else
+        rng.uniform(0.4, 0.8) if s["tile_id"].startswith("m") else
+        float(np.clip(s["true_iou"] + rng.normal(0, 0.05), 0, 1))
+        for s in town
+    ]  # fmt: skip
+    tiles = _with_agreement(town, agreement)
+    head = IoUCalibrator().apply(_stats(town))["calibrated_iou"]
+    views = IoUCalibrator().apply(_stats(tiles))["calibrated_iou"]
+    assert _rho(tiles, views)["all"] > _rho(town, head)["all"] + 0.3
+    empty = np.array([s["tile_id"].startswith("e") for s in tiles])
+    missed = np.array([s["tile_id"].startswith("m") for s in tiles])
+    assert views[empty].min() > views[missed].max()
+    # labels still move blank tiles: here every labelled blank was a miss
+    misses = [s for s in tiles if s["tile_id"].startswith("m")]
+    cal = fit(misses)
+    assert (cal.blank_samples, cal.blank_empty, cal.agreement_samples) == (4, 0, 4)
+    moved = cal.apply(_stats(tiles))["calibrated_iou"]
+    assert moved[empty].max() == pytest.approx(2 / 6) and moved[missed].max() < 0.3
+
+
+def test_the_agreement_map_is_fitted_on_samples_that_have_one():
+    found = _town(n_empty=0, n_missed=0, n_found=12, seed=4)
+    # the views agree more than the masks are right: 0.2 too high
+    tiles = _with_agreement(found, [min(s["true_iou"] + 0.2, 1.0) for s in found])
+    cal = fit(tiles + _town(n_empty=0, n_missed=0, n_found=5, seed=5))  # 5 without
+    assert cal.agreement_samples == 12 and cal.samples == 17
+    a, b = cal.agreement_map
+    assert b > 0 and a < -0.05  # read down
+    back = IoUCalibrator.from_dict(cal.to_dict())
+    assert back.agreement_map == pytest.approx(cal.agreement_map)
+    out = back.apply(_stats(tiles))["calibrated_iou"]
+    agreement = np.array([s["tta_agreement"] for s in tiles])
+    assert np.mean(out - agreement) < -0.05
+    # a prediction set where a tile lacks the agreement falls back to the head everywhere
+    stats = _stats(tiles)
+    stats["tta_agreement"][0] = np.nan
+    assert back.apply(stats)["calibrated_iou"] == pytest.approx(
+        back.iou_given_prediction(stats["pred_iou"])
+    )
 
 
 def test_fits_stay_finite_and_monotone_and_round_trip():

@@ -105,3 +105,33 @@ def test_evaluate_writes_metrics_and_per_tile_table(tiny_model, tiny_tiles, tmp_
     fp = sum(int(r["fp"]) for r in rows)
     fn = sum(int(r["fn"]) for r in rows)
     assert result.pixel["iou"] == pytest.approx(tp / (tp + fp + fn))
+
+
+def test_tile_sets_predict_with_the_8_views_by_default_and_rank_by_their_agreement(
+    invoke, tiny_model, tiny_tiles, tmp_path
+):
+    """The views' agreement is the IoU estimate (rscrisis.ml.calibration): on for tile sets
+    unless --no-tta, off for a scene unless --tta (one option, two defaults)."""
+    out = tmp_path / "views"
+    r = invoke("predict", tiny_model, tiny_tiles, "-o", out, "-q")
+    assert r.exit_code == 0, r.stderr
+    scores = gpd.read_file(out / "scores.gpkg", layer=SCORES_LAYER)
+    assert scores.tta_agreement.between(0, 1).all() and scores.tta_spread.ge(0).all()
+    # no calibrator yet: the expected IoU is the agreement itself (blank tiles included)
+    assert scores.calibrated_iou.to_numpy() == pytest.approx(scores.tta_agreement.to_numpy())
+    assert json.loads((out / "predict.json").read_text())["config"]["tta"] is True
+    plain = tmp_path / "plain"
+    r = invoke("predict", tiny_model, tiny_tiles, "-o", plain, "--no-tta", "-q")
+    assert r.exit_code == 0, r.stderr
+    scores = gpd.read_file(plain / "scores.gpkg", layer=SCORES_LAYER)
+    assert "tta_agreement" not in scores
+    blank = scores.building_fraction.to_numpy() <= 0
+    assert scores.calibrated_iou.to_numpy()[~blank] == pytest.approx(
+        scores.pred_iou.to_numpy()[~blank]
+    )
+    # a scene keeps its own default: one view
+    scene = write_raster(tmp_path / "scene.tif", gradient(3, 96, 96))
+    r = invoke("predict", tiny_model, scene, "-o", tmp_path / "map", "-q")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((tmp_path / "map" / "predict.json").read_text())["config"]["tta"] is False
+    assert "tta_agreement" not in gpd.read_file(tmp_path / "map" / "windows.gpkg")
