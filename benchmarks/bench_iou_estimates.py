@@ -29,51 +29,30 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def pool_view(model: Path, pool: Path, out: Path, tta: bool, threads: int | None):
-    """The pool's prediction set with the true IoU of each tile's mask and whether it holds
-    buildings (as ``simulate``'s oracle computes them)."""
-    from rscrisis.config import PredictConfig
-    from rscrisis.io.tileset import TileSetLayout
-    from rscrisis.loop.export import read_prediction_set
-    from rscrisis.ml.data import read_tile
-    from rscrisis.ml.metrics import tile_iou
-    from rscrisis.ml.model import read_meta
-    from rscrisis.predict.tiles import predict_tiles, read_prob
-
-    config = PredictConfig(batch_size=16, tta=tta, threads=threads)
-    predict_tiles(model, [pool], out, overwrite=True, config=config)
-    scores = read_prediction_set(out).scores.drop(columns="geometry")
-    threshold = read_meta(model).threshold
-    layout = TileSetLayout(pool)
-    true, has = [], []
-    for tid, rel in zip(scores.tile_id, scores.prob, strict=True):
-        prob, _ = read_prob(out / rel)
-        _, _, mask = read_tile(str(layout.image_path(tid)), str(layout.mask_path(tid)))
-        assert mask is not None
-        true.append(tile_iou(prob > threshold, mask))
-        has.append(bool((mask == 1).any()))
-    scores["true_iou"], scores["has_buildings"] = true, has
-    return scores
-
-
 def score_chain(model: Path, pool: Path, labelled: set[str], work: Path, threads) -> dict:
-    from rscrisis.ml.calibration import rank_correlations
+    """One chain's figures: the pool predicted with one view and with 8 (as ``simulate`` does,
+    its oracle included), each estimate scored by ``simulate``'s pool correlations."""
+    from rscrisis.config import PredictConfig
+    from rscrisis.loop.simulate import _pool_correlations, _pool_view, write_oracle
+    from rscrisis.predict.tiles import predict_tiles
 
     row: dict = {}
     for tta, estimates in (
         (False, ("pred_iou", "calibrated_iou", "soft_iou")),
         (True, ("tta_agreement", "calibrated_iou")),
     ):
-        view = pool_view(model, pool, work / ("views8" if tta else "view1"), tta, threads)
-        part = view[~view.tile_id.isin(sorted(labelled))]
-        true = part.true_iou.to_numpy(float)
-        has = part.has_buildings.to_numpy(bool)
-        row["pool_tiles"] = len(part)
+        out = work / ("views8" if tta else "view1")
+        config = PredictConfig(batch_size=16, tta=tta, threads=threads)
+        predict_tiles(model, [pool], out, overwrite=True, config=config)
+        write_oracle(model, pool, out)
+        rho = _pool_correlations(out, labelled)
+        row["pool_tiles"] = rho["pool_tiles"]
         for col in estimates:
             name = f"{col}_8views" if tta and col == "calibrated_iou" else col
-            rho = rank_correlations(part[col].to_numpy(float), true, has)
-            row[f"rho_{name}"] = round(float(rho["all"]), 4)
-            row[f"rho_{name}_buildings"] = round(float(rho["with_buildings"]), 4)
+            row[f"rho_{name}"] = rho[f"pool_rho_{col}"]
+            row[f"rho_{name}_buildings"] = rho[f"pool_rho_{col}_buildings"]
+        _, scores = _pool_view(out)
+        true = scores[~scores.tile_id.isin(sorted(labelled))].true_iou.to_numpy(float)
         row["mask_iou_8views" if tta else "mask_iou_1view"] = round(float(np.mean(true)), 4)
     return row
 
@@ -106,8 +85,11 @@ def main() -> None:
             if not model.exists():
                 print(f"{sim.name} seed {seed}: {model} is gone (a later round replaced it)")
                 continue
-            row = {"simulation": str(sim), "seed": int(seed)}
-            row |= score_chain(model, pool, set(chain["ids"]), work / sim.name / seed, args.threads)
+            n = int(seed)  # a number, never a path taken from the file
+            row = {"simulation": str(sim), "seed": n}
+            row |= score_chain(
+                model, pool, set(chain["ids"]), work / sim.name / str(n), args.threads
+            )
             rows.append(row)
             print({k: v for k, v in row.items() if k != "simulation"}, file=sys.stderr, flush=True)
     if not rows:

@@ -87,13 +87,12 @@ def measure_samples(model_path: Path, tilesets: list[Path], threads: int | None)
     """Calibration samples: the model's statistics and the true IoU of its prediction on each
     labelled tile (rscrisis.ml.calibration)."""
     from rscrisis.config import PredictConfig
-    from rscrisis.ml.calibration import AGREEMENT, FEATURES
+    from rscrisis.ml.calibration import SAMPLE_KEYS
     from rscrisis.predict.evaluate import evaluate
 
     # predict's defaults (the 8 views), so that the samples measure what rank will rank by
     ev = evaluate(model_path, tilesets, config=PredictConfig(threads=threads, batch_size=16))
-    keys = ("tile_id", *FEATURES, AGREEMENT, "true_iou", "has_buildings")
-    return [{k: r[k] for k in keys if k in r} for r in ev.per_tile]
+    return [{k: r[k] for k in SAMPLE_KEYS if k in r} for r in ev.per_tile]
 
 
 def held_out_slice(

@@ -267,14 +267,8 @@ def _r(v: float, digits: int = 4):
 
 
 def _predict_pool(model: Path, pool: Path, out: Path, config: SimulateConfig, seed: int) -> Path:
-    """Predict every pool tile and add the oracle's view: ``true_iou`` of the prediction and
-    ``has_buildings``, in ``oracle.csv`` beside the prediction set."""
-    from rscrisis.io.tileset import TileSetLayout
-    from rscrisis.loop.export import read_prediction_set
-    from rscrisis.ml.data import read_tile
-    from rscrisis.ml.metrics import tile_iou
-    from rscrisis.ml.model import read_meta
-    from rscrisis.predict.tiles import predict_tiles, read_prob
+    """Predict every pool tile and add the oracle's view (:func:`write_oracle`)."""
+    from rscrisis.predict.tiles import predict_tiles
 
     predict_tiles(
         model,
@@ -288,6 +282,19 @@ def _predict_pool(model: Path, pool: Path, out: Path, config: SimulateConfig, se
             seed=seed,
         ),
     )
+    return write_oracle(model, pool, out)
+
+
+def write_oracle(model: Path, pool: Path, out: Path) -> Path:
+    """The oracle's view of ``model``'s prediction set ``out`` of ``pool``: ``true_iou`` of each
+    tile's prediction and ``has_buildings``, in ``oracle.csv`` beside the prediction set."""
+    from rscrisis.io.tileset import TileSetLayout
+    from rscrisis.loop.export import read_prediction_set
+    from rscrisis.ml.data import read_tile
+    from rscrisis.ml.metrics import tile_iou
+    from rscrisis.ml.model import read_meta
+    from rscrisis.predict.tiles import read_prob
+
     threshold = read_meta(model).threshold
     layout = TileSetLayout(pool)
     rows = []
@@ -339,13 +346,11 @@ def _pool_correlations(pred_dir: Path, exclude: set[str]) -> dict:
 
 def oracle_samples(pred_dir: Path, ids: list[str]) -> list[dict]:
     """Calibration samples of ``ids``: the predicting model's statistics and the oracle IoU."""
-    from rscrisis.ml.calibration import AGREEMENT, FEATURES
+    from rscrisis.ml.calibration import SAMPLE_KEYS
 
     _, scores = _pool_view(pred_dir)
     part = scores[scores.tile_id.isin(ids)]
-    keys = tuple(
-        k for k in ("tile_id", *FEATURES, AGREEMENT, "true_iou", "has_buildings") if k in part
-    )
+    keys = tuple(k for k in SAMPLE_KEYS if k in part)
     return [
         {k: (bool(r[k]) if k == "has_buildings" else r[k]) for k in keys}
         for r in part.to_dict("records")

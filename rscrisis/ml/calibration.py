@@ -50,7 +50,9 @@ import numpy as np
 FEATURES = ("pred_iou", "max_prob", "mean_prob", "building_fraction")
 #: the estimate preferred where a prediction set has it (predicted with the 8 views)
 AGREEMENT = "tta_agreement"
-#: pseudo-samples of the prior (the head's verdict: a blank tile is wrong) for blank tiles
+#: what a sample holds (AGREEMENT only where the prediction had the 8 views)
+SAMPLE_KEYS = ("tile_id", *FEATURES, AGREEMENT, "true_iou", "has_buildings")
+#: pseudo-samples of the prior (the tile's own estimate) for blank tiles
 BLANK_PRIOR_WEIGHT = 2.0
 #: pseudo-samples of the prior (identity map) in the IoU fit of tiles with a prediction
 IOU_PRIOR_WEIGHT = 4.0
