@@ -329,6 +329,13 @@ def main() -> None:
         "the way from the start to each round's fit",
     )
     parser.add_argument(
+        "--replay-targets",
+        choices=("labels", "model"),
+        default=None,
+        help="finetune --replay-targets (default: finetune's): replay the pretraining tiles "
+        "with their labels or with the starting model's map of them",
+    )
+    parser.add_argument(
         "--add-to",
         type=Path,
         default=None,
@@ -371,6 +378,8 @@ def main() -> None:
         ft["replay_norm"] = args.replay_norm
     if args.prior_tiles:
         ft["prior_tiles"] = args.prior_tiles
+    if args.replay_targets:
+        ft["replay_targets"] = args.replay_targets
     config = SimulateConfig(
         formulas=tuple((args.formulas or f"random,{default_formula()}").split(",")),
         rounds=args.rounds,
@@ -389,6 +398,8 @@ def main() -> None:
         suffix += f"-replay-{args.replay_norm}"
     if args.prior_tiles:
         suffix += f"-prior{args.prior_tiles:g}"
+    if args.replay_targets:
+        suffix += f"-replay-{args.replay_targets}"
     prior = None
     if args.add_to:
         prior = json.loads((args.add_to / "state.json").read_text())

@@ -48,7 +48,20 @@ RECIPES: dict[str, dict] = {
     # finetune --interpolate-folds: the interpolation chosen by cross-fitting the labelled tiles
     "folds2": {"interpolate_folds": 2},
     "folds3": {"interpolate_folds": 3},
+    # finetune --replay-targets model: the pretraining tiles replayed with the start's own map
+    "replay-model": {"replay_targets": "model"},
 }
+
+
+def _pretraining_loss() -> dict:
+    """``pretrain``'s noise-robust loss options (rscrisis.config.PretrainConfig)."""
+    from rscrisis.config import PretrainConfig
+
+    keys = ("loss", "label_smoothing", "confidence_weighting", "edge_ignore")
+    return {k: PretrainConfig.model_fields[k].default for k in keys}
+
+
+RECIPES["robust-loss"] = _pretraining_loss()  # pretraining's loss for the fine-tuning too
 
 
 def random_batches(sim: Path, state: dict, config, seed: int) -> list[list[str]]:
@@ -180,7 +193,14 @@ def main() -> None:
                 t = time.perf_counter()
                 if not model.exists():
                     samples = oracle_samples(start_pred, ids)
-                    finetune_tilesets(start, [labelled], model, config=ft, samples=samples)
+                    finetune_tilesets(
+                        start,
+                        [labelled],
+                        model,
+                        config=ft,
+                        samples=samples,
+                        replay_targets_cache=work / "replay-targets",
+                    )
                 seconds = round(time.perf_counter() - t, 1)
                 check = json.loads(model.with_suffix(".finetune.json").read_text())["result"]
                 kept = check["check"].get("interpolate", 1.0)  # what cross-fitting chose

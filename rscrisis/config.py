@@ -172,6 +172,10 @@ class FittingConfig(ComputeConfig):
         "batches give noisy statistics)",
     )
     seed: int = Field(0, description="random seed (runs are deterministic on CPU)")
+    loss: LossName = _loss_field("bce-dice")
+    label_smoothing: float = _smoothing_field(0.0)
+    confidence_weighting: float = _weighting_field(0.0)
+    edge_ignore: int = _edge_field(0)
 
 
 class TrainConfig(FittingConfig):
@@ -200,10 +204,6 @@ class TrainConfig(FittingConfig):
     max_minutes: float | None = Field(
         None, gt=0, description="stop after the epoch that crosses this wall-clock budget"
     )
-    loss: LossName = _loss_field("bce-dice")
-    label_smoothing: float = _smoothing_field(0.0)
-    confidence_weighting: float = _weighting_field(0.0)
-    edge_ignore: int = _edge_field(0)
 
 
 class PretrainConfig(TrainConfig):
@@ -435,6 +435,13 @@ class FinetuneConfig(FittingConfig):
     )
     replay_ratio: float = Field(
         1.0, ge=0, description="replayed tiles per new tile in each batch (0 disables replay)"
+    )
+    replay_targets: Literal["labels", "model"] = Field(
+        "labels",
+        description="what the replayed tile sets the model was (pre)trained on teach: their "
+        "labels, or the starting model's map of them (replay by distillation, as in Learning "
+        "without Forgetting: their label noise, such as the buildings OSM misses, is not "
+        "learnt again); corrected batches and other --replay sets replay their labels",
     )
     replay_norm: Literal["current", "source"] = Field(
         "current",

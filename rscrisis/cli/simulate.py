@@ -18,6 +18,7 @@ ROUND_KNOBS = (
     "ema",
     "replay_ratio",
     "replay_norm",
+    "replay_targets",
     "interpolate",
     "interpolate_folds",
     "prior_tiles",

@@ -7,7 +7,9 @@ shared with ``rscrisis simulate``:
 * **A budget of optimisation steps, not epochs** (``steps``): every step draws a batch with
   replacement, so 5 tiles get as much optimisation as 50. Each batch mixes ``replay_ratio``
   replayed tiles per new tile: the labels of batches the starting model learnt from, its own
-  (pre)training tile sets when they are still on disk, and any ``--replay`` tile sets. New
+  (pre)training tile sets when they are still on disk (with their labels, or with
+  ``replay_targets="model"`` the starting model's own map of them: :func:`model_targets`),
+  and any ``--replay`` tile sets. New
   tiles without any building get at most ``max_empty_share`` of the draws when others hold
   buildings, and Dice is not applied to a batch without a building pixel: a batch of fields
   and water cannot teach the model that nothing is a building.
@@ -32,7 +34,9 @@ next ``rank`` leaves those tiles out and the loop can run round after round from
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,6 +97,72 @@ def measure_samples(model_path: Path, tilesets: list[Path], threads: int | None)
     # predict's defaults (the 8 views), so that the samples measure what rank will rank by
     ev = evaluate(model_path, tilesets, config=PredictConfig(threads=threads, batch_size=16))
     return [{k: r[k] for k in SAMPLE_KEYS if k in r} for r in ev.per_tile]
+
+
+def model_targets(
+    model_path: Path, tilesets: Sequence[Path], cache: Path, threads: int | None
+) -> dict[Path, Path]:
+    """The starting model's own map of each tile set in ``tilesets``: for each, a folder of
+    masks named as the set's, 1 where the model sees a building, 0 elsewhere and
+    :data:`~rscrisis.io.tileset.MASK_IGNORE` where the tile or its label has no data. They are
+    predicted as ``predict`` does (the 8 views) and kept in ``cache`` under the model file's
+    digest: a simulation's rounds share their starting model, and predict each set once.
+
+    Replaying these instead of the sets' labels (``replay_targets="model"``) keeps what the
+    model knew without learning the labels' noise again: a model pretrained with the robust
+    loss on OSM footprints has learnt around the buildings OSM misses, and replaying those
+    labels with fine-tuning's plain loss teaches it that they are background. Measured in
+    README ("Replay by distillation")."""
+    import hashlib
+    import shutil
+
+    import rasterio
+
+    from rscrisis.config import PredictConfig
+    from rscrisis.io.raster import one_band_profile, read_raster
+    from rscrisis.io.tileset import MASK_IGNORE
+    from rscrisis.ml.data import load_tiles
+    from rscrisis.ml.model import read_meta
+    from rscrisis.predict.tiles import PROBS, predict_tiles, read_prob
+
+    digest = hashlib.sha256()
+    with open(model_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    threshold = read_meta(model_path).threshold
+    out: dict[Path, Path] = {}
+    for tileset in tilesets:
+        key = hashlib.sha256(f"{digest.hexdigest()}:{Path(tileset).resolve()}".encode())
+        folder = cache / key.hexdigest()[:16]
+        if not (folder / "masks").is_dir():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache, prefix=".partial-") as tmp:
+                work = Path(tmp)
+                predict_tiles(
+                    model_path,
+                    [tileset],
+                    work / "pred",
+                    config=PredictConfig(threads=threads, batch_size=16),
+                )
+                (work / "map" / "masks").mkdir(parents=True)
+                frame = load_tiles([tileset], need_masks=True).frame
+                for tid, mask_path in zip(frame.tile_id, frame.mask_path, strict=True):
+                    prob, valid = read_prob(work / "pred" / PROBS / f"{tid}.tif")
+                    with read_raster(mask_path) as ds:
+                        label = ds.read(1)
+                        profile = one_band_profile(ds, MASK_IGNORE)
+                    target = np.where(prob > threshold, 1, 0).astype(np.uint8)
+                    target[~valid | (label == MASK_IGNORE)] = MASK_IGNORE
+                    name = work / "map" / "masks" / Path(mask_path).name
+                    with rasterio.open(name, "w", **profile) as dst:
+                        dst.write(target, 1)
+                (work / "map" / "source.txt").write_text(f"{Path(tileset).resolve()}\n")
+                try:
+                    (work / "map").rename(folder)
+                except OSError:  # another process made it first: the same map
+                    shutil.rmtree(work / "map", ignore_errors=True)
+        out[Path(tileset)] = folder / "masks"
+    return out
 
 
 def held_out_slice(
@@ -283,19 +353,44 @@ def finetune_tilesets(
     extra_training_meta: dict | None = None,
     overwrite: bool = False,
     progress: Progress = no_progress,
+    replay_targets_cache: Path | None = None,
 ) -> FinetuneResult:
     """Adapt ``model_path`` to the labelled tile sets ``new_sets`` (see the module docstring).
 
     ``samples`` are the calibration samples of the new tiles (measured here with the starting
     model when None: right when it made the batch, as in ``finetune``; ``simulate`` passes the
-    samples of the model that chose the tiles).
+    samples of the model that chose the tiles). ``replay_targets_cache``: where
+    :func:`model_targets` keeps the starting model's maps of the replayed pretraining sets
+    (``replay_targets="model"``; default: a temporary folder beside ``out``).
     """
+    with contextlib.ExitStack() as stack:
+        return _finetune_tilesets(
+            model_path, new_sets, out, config, samples, extra_replay, extra_training_meta,
+            overwrite, progress, replay_targets_cache, stack,
+        )  # fmt: skip
+
+
+def _finetune_tilesets(
+    model_path: str | Path,
+    new_sets: list[Path],
+    out: str | Path,
+    config: FinetuneConfig,
+    samples: list[dict] | None,
+    extra_replay: Sequence[Path],
+    extra_training_meta: dict | None,
+    overwrite: bool,
+    progress: Progress,
+    replay_targets_cache: Path | None,
+    stack: contextlib.ExitStack,
+) -> FinetuneResult:
+    """:func:`finetune_tilesets`, with ``stack`` holding its temporary folders."""
     import torch
 
     from rscrisis.io.outputs import write_json_atomic
     from rscrisis.ml.calibration import fit, merge_samples
     from rscrisis.ml.data import TileDataset, augmentation, load_tiles
     from rscrisis.ml.device import resolve_device, seed_everything
+    from rscrisis.ml.losses import LossOptions
     from rscrisis.ml.model import check_bands, check_model_out, load_model, save_model
     from rscrisis.ml.training import StepPlan, _freeze, _transfer, fit_steps, sidecar, training_lr
 
@@ -321,8 +416,21 @@ def finetune_tilesets(
     trusted = len(val_idx) > 0
     check_idx = val_idx if trusted else train_idx
     replay_sources = _replay_sources(meta, config, list(extra_replay))
-    replay_ds = None
+    replay_ds, targets = None, None
     if config.replay_ratio > 0:
+        if config.replay_targets == "model":
+            pretraining = {p.resolve() for p in present_pretraining_tilesets(meta.training)}
+            distilled = [s for s in replay_sources if s.resolve() in pretraining]
+            if replay_targets_cache is None:  # beside the output, for this fine-tuning only
+                out.parent.mkdir(parents=True, exist_ok=True)
+                replay_targets_cache = Path(
+                    stack.enter_context(
+                        tempfile.TemporaryDirectory(dir=out.parent, prefix=".rscrisis-replay-")
+                    )
+                )
+            targets = model_targets(
+                Path(model_path), distilled, replay_targets_cache, config.threads
+            )
         replay_ds = replay_dataset(
             replay_sources,
             meta,
@@ -332,6 +440,7 @@ def finetune_tilesets(
             source_domain=present_pretraining_tilesets(meta.training)
             if config.replay_norm == "source"
             else (),
+            targets=targets,
         )
     n_replay_tiles = 0 if replay_ds is None else len(replay_ds)
 
@@ -364,6 +473,7 @@ def finetune_tilesets(
         seed=config.seed,
         precision=config.precision,
         replay_norm=config.replay_norm,
+        loss=LossOptions.of(config),
         # a re-initialised head has no starting weights worth going back to
         interpolate=kept_share(config, len(train_idx)) if config.transfer == "all" else 1.0,
     )

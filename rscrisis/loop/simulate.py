@@ -211,9 +211,11 @@ def _finetune_on(
     work: Path,
     config: SimulateConfig,
     seed: int,
+    out: Path,
 ) -> Path:
     """Fine-tune the starting model on the revealed tiles ``ids`` of the pool, as finetune
-    does, with the calibration samples of the model that chose them."""
+    does, with the calibration samples of the model that chose them (``out``: the
+    simulation's folder)."""
     from rscrisis.io.tileset import write_subset
     from rscrisis.loop.finetune import finetune_tilesets
 
@@ -226,8 +228,15 @@ def _finetune_on(
         config=config.finetune.model_copy(update={"seed": seed}),
         samples=samples,
         overwrite=True,
+        replay_targets_cache=replay_targets_cache(out),
     )
     return model
+
+
+def replay_targets_cache(out: Path) -> Path:
+    """Where every fine-tuning of a simulation keeps the starting model's maps of the replayed
+    pretraining tile sets (``--replay-targets model``): its rounds share the starting model."""
+    return out / "work" / "replay-targets"
 
 
 def _adapted(start: Path, pool: Path, work: Path, config: SimulateConfig) -> Path:
@@ -761,7 +770,9 @@ class _Replay:
         ids = sorted(rng.choice(self.pool_ids, config.seed_batch, replace=False).tolist())
         samples = oracle_samples(self.start_pred, ids)
         chain_dir = self.work / f"seed{seed}" / SEED_FORMULA
-        model = _finetune_on(self.start_model, self.pool, ids, samples, chain_dir, config, seed)
+        model = _finetune_on(
+            self.start_model, self.pool, ids, samples, chain_dir, config, seed, self.out
+        )
         pred = _predict_pool(model, self.pool, chain_dir / "pred", config, seed)
         row = self._row(seed, SEED_FORMULA, 0, ids, model, pred)
         chain = {"ids": ids, "model": str(model), "round": 0, "pred": str(pred), "samples": samples}
@@ -787,7 +798,9 @@ class _Replay:
             ids = sorted(exclude | set(picked))
             samples = list(chain.get("samples", [])) + oracle_samples(pred, picked)
             round_dir = chain_dir / f"round{r}"
-            model = _finetune_on(self.start_model, self.pool, ids, samples, round_dir, config, seed)
+            model = _finetune_on(
+                self.start_model, self.pool, ids, samples, round_dir, config, seed, self.out
+            )
             new_pred = _predict_pool(model, self.pool, round_dir / "pred", config, seed)
             row = self._row(seed, formula, r, ids, model, new_pred)
             previous = Path(chain["model"]).parent
@@ -914,7 +927,14 @@ class _Replay:
         chain_dir = self.work / f"seed{seed}" / CEILING
         samples = oracle_samples(self.start_pred, self.pool_ids)
         model = _finetune_on(
-            self.start_model, self.pool, self.pool_ids, samples, chain_dir, self.config, seed
+            self.start_model,
+            self.pool,
+            self.pool_ids,
+            samples,
+            chain_dir,
+            self.config,
+            seed,
+            self.out,
         )
         row = self._row(seed, CEILING, -1, self.pool_ids, model, None)
         self.state.save_round(seed, CEILING, {"ids": [], "model": str(model), "round": -1}, row)
@@ -1002,6 +1022,17 @@ def simulate(
         )
         replay.adapt()
         replay.start()
+        if config.finetune.replay_targets == "model" and config.finetune.replay_ratio > 0:
+            from rscrisis.loop.finetune import model_targets
+            from rscrisis.ml.data import present_pretraining_tilesets
+
+            # made once here, before the workers start, rather than raced for by them
+            model_targets(
+                replay.start_model,
+                present_pretraining_tilesets(read_meta(replay.start_model).training),
+                replay_targets_cache(out),
+                config.finetune.threads,
+            )
         if config.workers > 1:
             replay.run_in_parallel(config.workers)
         else:

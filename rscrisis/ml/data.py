@@ -10,7 +10,7 @@ dropped (a one-tile buffer), so neighbouring tiles never straddle the two sides.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -384,9 +384,13 @@ def replay_dataset(
     seed: int,
     augment: bool = True,
     source_domain: Sequence[Path] = (),
+    targets: Mapping[Path, Path] | None = None,
 ):
     """The labelled tiles of ``sources`` other than the ``exclude`` ids, as a TileDataset with
     their own augmentation stream (``seed + 1``); None when there are none.
+
+    ``targets`` maps a source to a folder of masks that replace its labels, named as its own
+    (rscrisis.loop.finetune.model_targets: the starting model's map of it).
 
     Its ``source_domain`` (bool per tile) marks the tiles of the ``source_domain`` tile sets:
     the pretraining area's, which fine-tuning can normalise with the model's source batch-norm
@@ -400,6 +404,14 @@ def replay_dataset(
     frame = table.frame[~table.frame.tile_id.isin(exclude)]
     if not len(frame):
         return None
+    if targets:
+        folders = {str(Path(k)): Path(v) for k, v in targets.items()}
+        frame = frame.assign(
+            mask_path=[
+                str(folders[root] / Path(m).name) if root in folders else m
+                for root, m in zip(frame.root, frame.mask_path, strict=True)
+            ]
+        )
     dataset = TileDataset(
         frame.image_path,
         frame.mask_path,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rscrisis.config import TrainConfig
+from rscrisis.config import FittingConfig
 
 LOSSES = ("bce-dice", "sce", "bootstrap")
 RCE_LOG_ZERO = -4.0
@@ -35,16 +35,23 @@ BOOTSTRAP_BETA = 0.8
 RAMP = (0.1, 0.4)
 
 
-_TRAIN = TrainConfig.model_fields
+_TRAIN = FittingConfig.model_fields
 
 
 @dataclass(frozen=True)
 class LossOptions:
-    # plain training's defaults, from the one place they live: rscrisis.config.TrainConfig
+    # plain training's defaults, from the one place they live: rscrisis.config.FittingConfig
     loss: str = _TRAIN["loss"].default
     label_smoothing: float = _TRAIN["label_smoothing"].default
     confidence_weighting: float = _TRAIN["confidence_weighting"].default
     edge_ignore: int = _TRAIN["edge_ignore"].default
+
+    @classmethod
+    def of(cls, config: FittingConfig) -> LossOptions:
+        """The loss options a training or fine-tuning config asks for."""
+        return cls(
+            config.loss, config.label_smoothing, config.confidence_weighting, config.edge_ignore
+        )
 
     @property
     def robust(self) -> bool:

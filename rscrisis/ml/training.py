@@ -465,9 +465,7 @@ class _EpochRun:
             amp=autocast_dtype(device, config.precision),
             threshold=config.threshold,
             iou_loss_weight=config.iou_loss_weight,
-            loss_options=LossOptions(
-                config.loss, config.label_smoothing, config.confidence_weighting, config.edge_ignore
-            ),
+            loss_options=LossOptions.of(config),
             frozen=frozen,
             freeze_norm=config.freeze_norm,
         )
@@ -729,6 +727,7 @@ class StepPlan:
     precision: str = "auto"
     replay_norm: str = "current"  # or "source": see FinetuneConfig.replay_norm
     interpolate: float = 1.0  # weight of the fitted weights against the start: see toward_start
+    loss: LossOptions = field(default_factory=LossOptions)  # FinetuneConfig's loss options
 
 
 @dataclass
@@ -997,6 +996,7 @@ def fit_steps(
         amp=fast_dtype(device, plan.precision),
         threshold=meta.threshold,
         iou_loss_weight=plan.iou_loss_weight,
+        loss_options=plan.loss,
         frozen=frozen,
         freeze_norm=freeze_norm,
         ema=plan.ema,

@@ -30,11 +30,16 @@ HIDDEN = {
     ("simulate", "finetune"): "the nested FinetuneConfig: its round knobs are options below",
     **{
         ("simulate", f): "every round fine-tunes with finetune's defaults; the knobs that "
-        "shape the curves (--steps, --ema, --replay-ratio, --replay-norm, --lr-scale, "
+        "shape the curves (--steps, --ema, --replay-ratio, --replay-norm, --replay-targets, "
+        "--lr-scale, "
         "--freeze-stages, --batch-size, --threads) are options, and val_fraction is 0 "
         "(the oracle's every labelled tile trains)"
         for f in (
             "freeze_encoder",
+            "loss",
+            "label_smoothing",
+            "confidence_weighting",
+            "edge_ignore",
             "transfer",
             "freeze_transferred",
             "freeze_norm",

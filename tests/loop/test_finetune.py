@@ -2,6 +2,7 @@
 
 import csv
 import shutil
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -364,3 +365,84 @@ def test_finetune_command_reports_the_cross_fitted_choice(batch, tiny_model, inv
     assert "cross-fitting over 3 tiles (2 folds)" in r.stderr
     manifest = json.loads((tmp_path / "ft.finetune.json").read_text())
     assert manifest["config"]["interpolate_folds"] == 2
+
+
+@pytest.mark.slow
+def test_finetune_takes_the_loss_options_of_training(batch, tiny_model, invoke, tmp_path):
+    """--loss and the robust options are FittingConfig's, as for train: finetune records them
+    in its sidecar and the model's lineage."""
+    import json
+
+    from rscrisis.ml.model import read_meta
+
+    _set_status(batch, ["done", "done", "done"])
+    out = tmp_path / "ft.safetensors"
+    r = invoke("finetune", tiny_model, batch, "-o", out, "--steps", "1", "--threads", "1",
+               "--loss", "sce", "--label-smoothing", "0.1", "--edge-ignore", "2")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    manifest = json.loads((tmp_path / "ft.finetune.json").read_text())
+    assert (manifest["config"]["loss"], manifest["config"]["edge_ignore"]) == ("sce", 2)
+    recorded = read_meta(out).training["finetune"]["config"]
+    assert recorded["label_smoothing"] == 0.1 and recorded["confidence_weighting"] == 0.0
+
+
+@pytest.mark.slow
+def test_model_targets_are_the_starting_models_own_map(
+    tiny_model, tiny_tiles, tmp_path, monkeypatch
+):
+    """--replay-targets model: each replayed pretraining tile's mask is the starting model's
+    map of it (predict's 8 views, thresholded), with the label's nodata kept; the maps are made
+    once per model and tile set, and the replay dataset reads them instead of the labels."""
+    from rscrisis.io.raster import read_raster
+    from rscrisis.io.tileset import MASK_IGNORE
+    from rscrisis.loop.finetune import model_targets
+    from rscrisis.ml.data import load_tiles, replay_dataset
+    from rscrisis.ml.model import read_meta
+    from rscrisis.predict.tiles import read_prob
+
+    cache = tmp_path / "cache"
+    maps = model_targets(tiny_model, [tiny_tiles], cache, threads=1)
+    folder = maps[tiny_tiles]
+    frame = load_tiles([tiny_tiles], need_masks=True).frame
+    assert sorted(p.name for p in folder.glob("*.tif")) == sorted(
+        Path(m).name for m in frame.mask_path
+    )
+    threshold = read_meta(tiny_model).threshold
+    pred = tmp_path / "pred"
+    from rscrisis.predict.tiles import predict_tiles
+
+    predict_tiles(tiny_model, [tiny_tiles], pred)
+    tid, mask_path = frame.tile_id.iloc[0], frame.mask_path.iloc[0]
+    prob, valid = read_prob(pred / "probs" / f"{tid}.tif")
+    with read_raster(folder / Path(mask_path).name) as ds, read_raster(mask_path) as lab:
+        target, label = ds.read(1), lab.read(1)
+        assert ds.crs == lab.crs and ds.transform == lab.transform
+    keep = valid & (label != MASK_IGNORE)
+    assert np.array_equal(target[keep], (prob[keep] > threshold).astype(np.uint8))
+    assert (target[~keep] == MASK_IGNORE).all()
+    assert not list(cache.glob(".partial-*"))  # nothing half-made left behind
+
+    import rscrisis.predict.tiles as tiles
+
+    monkeypatch.setattr(tiles, "predict_tiles", lambda *a, **k: pytest.fail("predicted again"))
+    assert model_targets(tiny_model, [tiny_tiles], cache, threads=1) == maps
+    meta = read_meta(tiny_model)
+    ds = replay_dataset([tiny_tiles], meta, set(), 0, False, targets=maps)
+    assert all(Path(p).parent == folder for p in ds.masks)
+
+
+@pytest.mark.slow
+def test_finetune_replays_the_models_map_and_cleans_up(batch, tiny_model, invoke, tmp_path):
+    import json
+
+    _set_status(batch, ["done", "done", "done"])
+    out = tmp_path / "models" / "ft.safetensors"
+    out.parent.mkdir()
+    r = invoke("finetune", tiny_model, batch, "-o", out, "--steps", "2", "--threads", "1",
+               "--replay-targets", "model", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["replay_tiles"] > 0
+    # the maps lived in a temporary folder beside the model, gone with the fine-tuning
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ft.finetune.json", "ft.safetensors"]
+    manifest = json.loads((out.parent / "ft.finetune.json").read_text())
+    assert manifest["config"]["replay_targets"] == "model"

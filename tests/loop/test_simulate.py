@@ -262,3 +262,35 @@ def test_a_killed_parallel_run_resumes_from_its_workers_shards(
     with pytest.raises(sim.InputError, match="other settings") as err:
         simulate(tiny_model, tiny_tiles, out, config=TWO_SEEDS, resume=True)
     assert "seed1-random.json" in str(err.value)
+
+
+@pytest.mark.slow
+def test_replay_by_distillation_maps_the_pretraining_tiles_once(
+    tiny_model, tiny_tiles, tmp_path, monkeypatch
+):
+    """With --replay-targets model every round replays the starting model's map of its
+    pretraining tiles, made once before the chains start and shared by all of them."""
+    import rscrisis.loop.finetune as ft
+
+    made = []
+    real = ft.model_targets
+
+    def counting(model, tilesets, cache, threads):
+        maps = real(model, tilesets, cache, threads)
+        made.append(sorted(p.name for p in cache.iterdir()))
+        return maps
+
+    monkeypatch.setattr(ft, "model_targets", counting)
+    config = TINY.model_copy(
+        update={
+            "formulas": ("random",),
+            "rounds": 1,
+            "finetune": TINY.finetune.model_copy(update={"replay_targets": "model"}),
+        }
+    )
+    result = simulate(tiny_model, tiny_tiles, tmp_path / "sim", config=config)
+    assert result.runs == 4  # start, seed batch, one round, ceiling
+    cache = tmp_path / "sim" / "work" / "replay-targets"
+    assert len(made) == 4 and all(m == made[0] for m in made) and len(made[0]) == 1
+    (folder,) = cache.iterdir()
+    assert len(list((folder / "masks").glob("*.tif"))) == 16  # every tile of the set

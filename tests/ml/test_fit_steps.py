@@ -101,3 +101,34 @@ def test_interpolated_fine_tuning_lands_between_the_start_and_the_fit(tiny_model
             moved += not torch.equal(fitted[k], start[k])
     assert moved > 10  # the fit did move the weights
     assert half.after["val_iou"] == pytest.approx(half.history[-1]["val_iou"])
+
+
+@pytest.mark.slow
+def test_fine_tuning_trains_with_the_configured_loss(tiny_model, tiny_tiles):
+    """``StepPlan.loss`` reaches the loss: the same draws with pretraining's robust loss
+    (symmetric cross-entropy, smoothing, confidence weighting, an edge band) give other losses
+    and other weights than plain BCE + Dice."""
+    from dataclasses import replace
+
+    from rscrisis.config import PretrainConfig
+    from rscrisis.ml.device import seed_everything
+    from rscrisis.ml.losses import LossOptions
+
+    plan = StepPlan(steps=3, batch_size=4, lr=5e-3, ema=0.0, eval_every=3)
+    robust = LossOptions.of(PretrainConfig())
+    assert robust.robust and not plan.loss.robust  # fine-tuning's default is the plain loss
+    fits, states = [], []
+    for p in (plan, replace(plan, loss=robust)):
+        model, meta = load_model(tiny_model)
+        new, check, frame = _datasets(tiny_tiles, meta)
+        seed_everything(0)
+        fits.append(fit_steps(model, meta, new, np.ones(len(frame), bool), p, check=check))
+        states.append(model.state_dict())
+    plain, sce = (f.history[-1]["seg_loss"] for f in fits)
+    assert plain != pytest.approx(sce, rel=1e-3)
+    changed = [
+        k
+        for k, v in states[0].items()
+        if v.is_floating_point() and not torch.equal(v, states[1][k])
+    ]
+    assert len(changed) > 10
