@@ -111,8 +111,9 @@ def model_targets(
     Replaying these instead of the sets' labels (``replay_targets="model"``) keeps what the
     model knew without learning the labels' noise again: a model pretrained with the robust
     loss on OSM footprints has learnt around the buildings OSM misses, and replaying those
-    labels with fine-tuning's plain loss teaches it that they are background. Measured in
-    README ("Replay by distillation")."""
+    labels with fine-tuning's plain loss teaches it that they are background. It also holds
+    the model to what it did there, which costs a model new to the area part of its gain, so
+    it is not the default; README ("Why a round loses") gives the measurements."""
     import hashlib
     import shutil
 
