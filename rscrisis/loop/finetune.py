@@ -72,7 +72,8 @@ class FinetuneResult:
         return asdict(self)
 
 
-def _replay_sources(meta, config: FinetuneConfig, extra: list[Path]) -> list[Path]:
+def replay_sources_of(meta, config: FinetuneConfig, extra: list[Path]) -> list[Path]:
+    """The tile sets a fine-tuning of the model ``meta`` replays (module docstring)."""
     sources = [Path(r) for r in config.replay] + list(extra)
     for rec in meta.training.get("batches", []):
         if Path(rec["labels"]).exists():
@@ -97,6 +98,13 @@ def measure_samples(model_path: Path, tilesets: list[Path], threads: int | None)
     # predict's defaults (the 8 views), so that the samples measure what rank will rank by
     ev = evaluate(model_path, tilesets, config=PredictConfig(threads=threads, batch_size=16))
     return [{k: r[k] for k in SAMPLE_KEYS if k in r} for r in ev.per_tile]
+
+
+def distilled_sets(sources: Sequence[Path], pretraining: Sequence[Path]) -> list[Path]:
+    """The replayed ``sources`` that ``replay_targets="model"`` replays with the starting
+    model's map: the model's own (pre)training tile sets, however they reach the replay."""
+    own = {Path(p).resolve() for p in pretraining}
+    return [s for s in sources if Path(s).resolve() in own]
 
 
 def model_targets(
@@ -364,27 +372,6 @@ def finetune_tilesets(
     :func:`model_targets` keeps the starting model's maps of the replayed pretraining sets
     (``replay_targets="model"``; default: a temporary folder beside ``out``).
     """
-    with contextlib.ExitStack() as stack:
-        return _finetune_tilesets(
-            model_path, new_sets, out, config, samples, extra_replay, extra_training_meta,
-            overwrite, progress, replay_targets_cache, stack,
-        )  # fmt: skip
-
-
-def _finetune_tilesets(
-    model_path: str | Path,
-    new_sets: list[Path],
-    out: str | Path,
-    config: FinetuneConfig,
-    samples: list[dict] | None,
-    extra_replay: Sequence[Path],
-    extra_training_meta: dict | None,
-    overwrite: bool,
-    progress: Progress,
-    replay_targets_cache: Path | None,
-    stack: contextlib.ExitStack,
-) -> FinetuneResult:
-    """:func:`finetune_tilesets`, with ``stack`` holding its temporary folders."""
     import torch
 
     from rscrisis.io.outputs import write_json_atomic
@@ -416,103 +403,105 @@ def _finetune_tilesets(
     train_idx, val_idx, check_on = held_out_slice(frame, has_buildings, config)
     trusted = len(val_idx) > 0
     check_idx = val_idx if trusted else train_idx
-    replay_sources = _replay_sources(meta, config, list(extra_replay))
-    replay_ds, targets = None, None
-    if config.replay_ratio > 0:
-        if config.replay_targets == "model":
-            pretraining = {p.resolve() for p in present_pretraining_tilesets(meta.training)}
-            distilled = [s for s in replay_sources if s.resolve() in pretraining]
-            if replay_targets_cache is None:  # beside the output, for this fine-tuning only
-                out.parent.mkdir(parents=True, exist_ok=True)
-                replay_targets_cache = Path(
-                    stack.enter_context(
-                        tempfile.TemporaryDirectory(dir=out.parent, prefix=".rscrisis-replay-")
+    replay_sources = replay_sources_of(meta, config, list(extra_replay))
+    pretraining = present_pretraining_tilesets(meta.training)
+    # the starting model's maps of the replayed pretraining sets live only as long as training
+    with contextlib.ExitStack() as stack:
+        replay_ds, targets = None, None
+        if config.replay_ratio > 0:
+            if config.replay_targets == "model":
+                if replay_targets_cache is None:  # beside the output, for this fine-tuning
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    replay_targets_cache = Path(
+                        stack.enter_context(
+                            tempfile.TemporaryDirectory(dir=out.parent, prefix=".rscrisis-replay-")
+                        )
                     )
+                targets = model_targets(
+                    Path(model_path),
+                    distilled_sets(replay_sources, pretraining),
+                    replay_targets_cache,
+                    config.threads,
                 )
-            targets = model_targets(
-                Path(model_path), distilled, replay_targets_cache, config.threads
+            replay_ds = replay_dataset(
+                replay_sources,
+                meta,
+                new_ids,
+                config.seed,
+                config.augment,
+                source_domain=pretraining if config.replay_norm == "source" else (),
+                targets=targets,
             )
-        replay_ds = replay_dataset(
-            replay_sources,
-            meta,
-            new_ids,
-            config.seed,
-            config.augment,
-            source_domain=present_pretraining_tilesets(meta.training)
-            if config.replay_norm == "source"
-            else (),
-            targets=targets,
-        )
-    n_replay_tiles = 0 if replay_ds is None else len(replay_ds)
+        n_replay_tiles = 0 if replay_ds is None else len(replay_ds)
 
-    def dataset(idx, aug):
-        rows = frame.iloc[idx]
-        return TileDataset(
-            rows.image_path,
-            rows.mask_path,
-            meta.mean,
-            meta.std,
-            table.dtype,
-            augment=augmentation(config.seed) if aug else None,
-        )
+        def dataset(idx, aug):
+            rows = frame.iloc[idx]
+            return TileDataset(
+                rows.image_path,
+                rows.mask_path,
+                meta.mean,
+                meta.std,
+                table.dtype,
+                augment=augmentation(config.seed) if aug else None,
+            )
 
-    if config.transfer != "all":
-        model = _transfer(model, meta, config.transfer)
-    model.to(device)
-    frozen = _freeze(model, config)
-    base_lr = training_lr(meta)
-    cross = None
-    plan = StepPlan(
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=base_lr * config.lr_scale,
-        replay_ratio=config.replay_ratio,
-        max_empty_share=config.max_empty_share,
-        ema=config.ema,
-        eval_every=config.eval_every,
-        iou_loss_weight=config.iou_loss_weight,
-        seed=config.seed,
-        precision=config.precision,
-        replay_norm=config.replay_norm,
-        loss=LossOptions.of(config),
-        # a re-initialised head has no starting weights worth going back to
-        interpolate=kept_share(config, len(train_idx)) if config.transfer == "all" else 1.0,
-    )
-    folds = config.interpolate_folds
-    if folds and not trusted and config.transfer == "all" and len(train_idx) >= folds:
-        cross = cross_fit_interpolation(
+        if config.transfer != "all":
+            model = _transfer(model, meta, config.transfer)
+        model.to(device)
+        frozen = _freeze(model, config)
+        base_lr = training_lr(meta)
+        cross = None
+        plan = StepPlan(
+            steps=config.steps,
+            batch_size=config.batch_size,
+            lr=base_lr * config.lr_scale,
+            replay_ratio=config.replay_ratio,
+            max_empty_share=config.max_empty_share,
+            ema=config.ema,
+            eval_every=config.eval_every,
+            iou_loss_weight=config.iou_loss_weight,
+            seed=config.seed,
+            precision=config.precision,
+            replay_norm=config.replay_norm,
+            loss=LossOptions.of(config),
+            # a re-initialised head has no starting weights worth going back to
+            interpolate=kept_share(config, len(train_idx)) if config.transfer == "all" else 1.0,
+        )
+        folds = config.interpolate_folds
+        if folds and not trusted and config.transfer == "all" and len(train_idx) >= folds:
+            cross = cross_fit_interpolation(
+                model,
+                meta,
+                dataset,
+                train_idx,
+                has_buildings,
+                plan,
+                folds=folds,
+                augment=config.augment,
+                frozen=frozen,
+                freeze_norm=config.freeze_norm,
+                replay=replay_ds,
+                device=device,
+                tile_size=table.tile_size,
+                progress=progress,
+            )
+            plan.interpolate = cross["chosen"]
+            progress = _offset_progress(progress, folds * config.steps, (folds + 1) * config.steps)
+        fitted = fit_steps(
             model,
             meta,
-            dataset,
-            train_idx,
-            has_buildings,
+            dataset(train_idx, config.augment),
+            has_buildings[train_idx],
             plan,
-            folds=folds,
-            augment=config.augment,
             frozen=frozen,
-            freeze_norm=config.freeze_norm,
+            freeze_norm=config.freeze_norm and config.transfer == "all",
             replay=replay_ds,
+            check=dataset(check_idx, False),
+            select_on_check=trusted,
             device=device,
             tile_size=table.tile_size,
             progress=progress,
         )
-        plan.interpolate = cross["chosen"]
-        progress = _offset_progress(progress, folds * config.steps, (folds + 1) * config.steps)
-    fitted = fit_steps(
-        model,
-        meta,
-        dataset(train_idx, config.augment),
-        has_buildings[train_idx],
-        plan,
-        frozen=frozen,
-        freeze_norm=config.freeze_norm and config.transfer == "all",
-        replay=replay_ds,
-        check=dataset(check_idx, False),
-        select_on_check=trusted,
-        device=device,
-        tile_size=table.tile_size,
-        progress=progress,
-    )
 
     before, after = fitted.before.get("val_iou"), fitted.after.get("val_iou")
     improved = None if before is None or after is None else bool(after > before)

@@ -1023,13 +1023,17 @@ def simulate(
         replay.adapt()
         replay.start()
         if config.finetune.replay_targets == "model" and config.finetune.replay_ratio > 0:
-            from rscrisis.loop.finetune import model_targets
+            from rscrisis.loop.finetune import distilled_sets, model_targets, replay_sources_of
             from rscrisis.ml.data import present_pretraining_tilesets
 
             # made once here, before the workers start, rather than raced for by them
+            meta = read_meta(replay.start_model)
             model_targets(
                 replay.start_model,
-                present_pretraining_tilesets(read_meta(replay.start_model).training),
+                distilled_sets(
+                    replay_sources_of(meta, config.finetune, []),
+                    present_pretraining_tilesets(meta.training),
+                ),
                 replay_targets_cache(out),
                 config.finetune.threads,
             )

@@ -409,8 +409,6 @@ def test_model_targets_are_the_starting_models_own_map(
     )
     threshold = read_meta(tiny_model).threshold
     pred = tmp_path / "pred"
-    from rscrisis.predict.tiles import predict_tiles
-
     predict_tiles(tiny_model, [tiny_tiles], pred)
     tid, mask_path = frame.tile_id.iloc[0], frame.mask_path.iloc[0]
     prob, valid = read_prob(pred / "probs" / f"{tid}.tif")
@@ -446,3 +444,27 @@ def test_finetune_replays_the_models_map_and_cleans_up(batch, tiny_model, invoke
     assert sorted(p.name for p in out.parent.iterdir()) == ["ft.finetune.json", "ft.safetensors"]
     manifest = json.loads((out.parent / "ft.finetune.json").read_text())
     assert manifest["config"]["replay_targets"] == "model"
+
+
+@pytest.mark.parametrize("evil", ["../../../x", "/tmp/x"])
+def test_model_targets_refuse_a_tampered_tile_set_before_writing(
+    tiny_model, tiny_tiles, tmp_path, evil
+):
+    """A tile id from a pretraining set's index never names a map outside the cache: the set
+    is refused before anything is kept."""
+    from rscrisis.errors import InputError
+    from rscrisis.io.tileset import INDEX, INDEX_LAYER
+    from rscrisis.loop.finetune import model_targets
+
+    tiles = tmp_path / "tiles"
+    shutil.copytree(tiny_tiles, tiles)
+    frame = gpd.read_file(tiles / INDEX, layer=INDEX_LAYER)
+    frame.loc[0, "tile_id"] = evil
+    (tiles / INDEX).unlink()
+    frame.to_file(tiles / INDEX, layer=INDEX_LAYER, driver="GPKG")
+    before = set(tmp_path.rglob("*"))
+    with pytest.raises(InputError, match="unsafe tile id"):
+        model_targets(tiny_model, [tiles], tmp_path / "cache", threads=1)
+    made = set(tmp_path.rglob("*")) - before
+    assert all(p.is_dir() and p.is_relative_to(tmp_path / "cache") for p in made)
+    assert not (tmp_path.parent / "x.tif").exists() and not list(tmp_path.parent.glob("x*"))
