@@ -126,6 +126,7 @@ def model_targets(
     import shutil
 
     import rasterio
+    import torch
 
     from rscrisis.config import PredictConfig
     from rscrisis.io.raster import one_band_profile, read_raster
@@ -147,12 +148,15 @@ def model_targets(
             cache.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=cache, prefix=".partial-") as tmp:
                 work = Path(tmp)
-                predict_tiles(
-                    model_path,
-                    [tileset],
-                    work / "pred",
-                    config=PredictConfig(threads=threads, batch_size=16),
-                )
+                # predict seeds torch's generator; the fine-tuning after this must draw the
+                # same numbers whether the maps were made here or found in the cache
+                with torch.random.fork_rng(devices=[]):
+                    predict_tiles(
+                        model_path,
+                        [tileset],
+                        work / "pred",
+                        config=PredictConfig(threads=threads, batch_size=16),
+                    )
                 (work / "map" / "masks").mkdir(parents=True)
                 frame = load_tiles([tileset], need_masks=True).frame
                 for tid, mask_path in zip(frame.tile_id, frame.mask_path, strict=True):

@@ -468,3 +468,27 @@ def test_model_targets_refuse_a_tampered_tile_set_before_writing(
     made = set(tmp_path.rglob("*")) - before
     assert all(p.is_dir() and p.is_relative_to(tmp_path / "cache") for p in made)
     assert not (tmp_path.parent / "x.tif").exists() and not list(tmp_path.parent.glob("x*"))
+
+
+@pytest.mark.slow
+def test_replay_maps_made_or_cached_give_the_same_fine_tuning(tiny_model, tiny_tiles, tmp_path):
+    """Making the maps must not move the random draws of the fine-tuning after it: a round
+    whose maps were cached (simulate) fits exactly as one that makes them (finetune)."""
+    import torch
+
+    from rscrisis.io.tileset import write_subset
+    from rscrisis.loop.finetune import finetune_tilesets
+    from rscrisis.ml.model import load_model
+
+    new = write_subset(tiny_tiles, tmp_path / "new", ["area_a_r0000_c0000", "area_a_r0001_c0001"])
+    config = FinetuneConfig(
+        steps=3, batch_size=4, threads=1, val_fraction=0.0, replay_targets="model"
+    )
+    cache = tmp_path / "cache"
+    fits = []
+    for name, where in (("made", None), ("made-in-cache", cache), ("cached", cache)):
+        out = tmp_path / f"{name}.safetensors"
+        finetune_tilesets(tiny_model, [new], out, config=config, replay_targets_cache=where)
+        fits.append(load_model(out)[0].state_dict())
+    for state in fits[1:]:
+        assert all(torch.equal(v, fits[0][k]) for k, v in state.items())
