@@ -125,12 +125,26 @@ def setting_data(name: str, work: Path) -> tuple[Path, Path, Path]:
     return model, pool, test
 
 
+#: other ways to fine-tune the adapted model (``--first-batch-arms``): the replayed Banepa
+#: tiles normalised with their own statistics, and batch norm learning during fine-tuning
+FIRST_BATCH_ARMS: dict[str, dict] = {
+    "adabn, --replay-norm source": {"replay_norm": "source"},
+    "adabn, --train-norm": {"freeze_norm": False},
+}
+
+
 def first_batch(
-    setting: str, work: Path, starts: dict[str, Path], seeds: list[int], tiles: int, threads
+    setting: str,
+    work: Path,
+    starts: dict[str, tuple[Path, dict]],
+    seeds: list[int],
+    tiles: int,
+    threads,
 ) -> list[dict]:
     """The annotation curve's first point from each start: per seed, ``tiles`` random pool
-    tiles (the same ones for every start) fine-tuned with ``finetune``'s defaults and scored on
-    the test tiles, as a simulation's seed batch is (its own draw of the tiles differs)."""
+    tiles (the same ones for every start) fine-tuned with ``finetune``'s defaults (and the
+    start's own changes to them) and scored on the test tiles, as a simulation's seed batch is
+    (its own draw of the tiles differs)."""
     from rscrisis.config import FinetuneConfig, PredictConfig
     from rscrisis.io.tileset import read_index, write_subset
     from rscrisis.loop.finetune import finetune_tilesets
@@ -141,11 +155,11 @@ def first_batch(
     rows = []
     for seed in seeds:
         chosen = sorted(np.random.default_rng(seed).choice(ids, tiles, replace=False).tolist())
-        for name, start in starts.items():
-            run = work / f"first-batch-{setting}" / f"{name}-{seed}"
+        for k, (name, (start, changes)) in enumerate(starts.items()):
+            run = work / f"first-batch-{setting}" / f"start{k}-{seed}"
             labelled = write_subset(pool, run / "labelled", chosen, overwrite=True)
             t0 = time.perf_counter()
-            config = FinetuneConfig(val_fraction=0.0, threads=threads, seed=seed)
+            config = FinetuneConfig(val_fraction=0.0, threads=threads, seed=seed, **changes)
             finetune_tilesets(start, [labelled], run / "model.safetensors", config=config,
                               overwrite=True)  # fmt: skip
             seconds = time.perf_counter() - t0
@@ -187,6 +201,12 @@ def main() -> None:
         "adapting (results/bench_adapt_first_batch.csv)",
     )
     parser.add_argument("--first-batch-seeds", default="0,1,2,3,4")
+    parser.add_argument(
+        "--first-batch-arms",
+        action="store_true",
+        help="with --first-batch, also the adapted start fine-tuned with --replay-norm source "
+        "and with --train-norm",
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     weights = {f"adabn (weight {w})": float(w) for w in args.adabn_weights.split(",") if w}
@@ -287,10 +307,13 @@ def main() -> None:
             adapted = args.workdir / f"adapt-{setting}" / "adabn-all-0.safetensors"
             if not adapted.exists():
                 sys.exit(f"{adapted} is missing: run the adabn variant with seed 0 first")
+            starts = {"none": (start, {}), "adabn": (adapted, {})}
+            if args.first_batch_arms:
+                starts.update({name: (adapted, c) for name, c in FIRST_BATCH_ARMS.items()})
             pairs = first_batch(
                 setting,
                 args.workdir,
-                {"none": start, "adabn": adapted},
+                starts,
                 [int(s) for s in args.first_batch_seeds.split(",")],
                 args.first_batch,
                 args.threads,
