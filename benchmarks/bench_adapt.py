@@ -198,7 +198,7 @@ def main() -> None:
         default=0,
         help="also fine-tune N random pool tiles from the unadapted start and from AdaBN "
         "(seed 0) for each of --first-batch-seeds: the curve's first point with and without "
-        "adapting (results/bench_adapt_first_batch.csv)",
+        "adapting (results/bench_adapt_first_batch_SETTING.csv)",
     )
     parser.add_argument("--first-batch-seeds", default="0,1,2,3,4")
     parser.add_argument(
