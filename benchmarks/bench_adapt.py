@@ -76,22 +76,19 @@ def town_subsets(pool: Path, test: Path, out: Path) -> dict[str, tuple[Path, Pat
 
 
 def scores(tiles: list[dict]) -> dict:
-    """Pixel IoU over the test tiles and per town (their pixels pooled), object F1, and how
-    well the views' agreement (the 0-label IoU estimate) ranks the tiles' true IoU."""
+    """From ``evaluate``'s per-tile rows: pixel IoU over the test tiles and per town (their
+    pixels pooled) and object F1, with rscrisis.ml.metrics' conventions, and how well the 0-label
+    IoU estimates (the views' agreement, the head) rank the tiles' true IoU."""
     from scipy.stats import spearmanr
 
-    def iou(rows: list[dict]) -> float:
-        tp = sum(r["tp"] for r in rows)
-        wrong = sum(r["fp"] + r["fn"] for r in rows)
-        return round(tp / (tp + wrong), 4) if tp + wrong else float("nan")
+    from rscrisis.ml.metrics import ObjectCounts, pixel_scores
 
-    otp = sum(r["objects_tp"] for r in tiles)
-    ofp = sum(r["objects_fp"] for r in tiles)
-    ofn = sum(r["objects_fn"] for r in tiles)
-    out = {
-        "test_iou": iou(tiles),
-        "object_f1": round(2 * otp / (2 * otp + ofp + ofn), 4) if otp + ofp + ofn else 0.0,
-    }
+    def iou(rows: list[dict]) -> float:
+        counts = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+        return round(pixel_scores(*counts)["iou"], 4)
+
+    objects = ObjectCounts(*(sum(r[f"objects_{k}"] for r in tiles) for k in ("tp", "fp", "fn")))
+    out = {"test_iou": iou(tiles), "object_f1": round(objects.scores()["f1"], 4)}
     for town in sorted({town_of(r["tile_id"]) for r in tiles}):
         out[f"iou_{town}"] = iou([r for r in tiles if town_of(r["tile_id"]) == town])
     true = [r["true_iou"] for r in tiles]
@@ -136,6 +133,8 @@ FIRST_BATCH_ARMS: dict[str, dict] = {
 def first_batch(
     setting: str,
     work: Path,
+    pool: Path,
+    test: Path,
     starts: dict[str, tuple[Path, dict]],
     seeds: list[int],
     tiles: int,
@@ -150,7 +149,6 @@ def first_batch(
     from rscrisis.loop.finetune import finetune_tilesets
     from rscrisis.predict.evaluate import evaluate
 
-    _, pool, test = setting_data(setting, work)
     ids = sorted(read_index(pool).tile_id)
     rows = []
     for seed in seeds:
@@ -303,7 +301,7 @@ def main() -> None:
     )
     if args.first_batch:
         for setting in args.settings.split(","):
-            start = setting_data(setting, args.workdir)[0]
+            start, pool, test = setting_data(setting, args.workdir)
             adapted = args.workdir / f"adapt-{setting}" / "adabn-all-0.safetensors"
             if not adapted.exists():
                 sys.exit(f"{adapted} is missing: run the adabn variant with seed 0 first")
@@ -313,6 +311,8 @@ def main() -> None:
             pairs = first_batch(
                 setting,
                 args.workdir,
+                pool,
+                test,
                 starts,
                 [int(s) for s in args.first_batch_seeds.split(",")],
                 args.first_batch,
