@@ -22,6 +22,16 @@ UTM = "EPSG:32645"
 ORIGIN = (354_000.0, 3_057_000.0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _user_cache(tmp_path_factory):
+    """The user cache (rscrisis.io.cache) of the whole run in a temporary folder, never the
+    tester's ``~/.cache``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RSCRISIS_CACHE_DIR", str(tmp_path_factory.mktemp("user-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_loggers():
     """Each test starts with the library's loggers as a fresh process has them.

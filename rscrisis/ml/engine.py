@@ -10,8 +10,10 @@ get those kernels.
 
 The model is exported with PyTorch's TorchScript-based ONNX exporter (it needs the ``onnx``
 package; the newer ``dynamo`` exporter ran no faster here, takes 15 s instead of 4 and needs
-torch 2.5), in memory, once per model and process. The export is checked against the eager
-model on a probe batch before it is used. ``auto`` falls back to PyTorch, with a warning,
+torch 2.5), in memory, once per model and process; a scene's graph is also kept in the user
+cache (:mod:`rscrisis.io.cache`), so the next process that maps a scene with the same model
+skips the export. The graph is checked against the eager model on a probe batch before it is
+used. ``auto`` falls back to PyTorch, with a warning,
 when any of this fails; an explicit ``onnxruntime`` raises.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import warnings
 import weakref
@@ -53,6 +56,12 @@ ONNX_MIN_WINDOWS = 200
 #: forward of 256 px windows in the same process (23-27 windows/s; README, "Folded batch
 #: norms"): it pays off after about 100 windows. In fp32 it was no faster (10.5, 10.4).
 FOLD_MIN_WINDOWS = 100
+#: ONNX Runtime runs a batch as this many parts at once, one thread each, when it has 2 to
+#: this many threads (:class:`OnnxSegmenter`). On an idle 2-core AVX2 EPYC with 256 px
+#: windows in batches of 8: 14.4 windows/s as two parts of 4 against 13.1-14.3 with the
+#: session's two threads splitting every layer (README, "Parts of a batch at once"). Only
+#: 2 threads were measured; the cap of 4 keeps parts of a batch of 8 at 2 windows or more.
+MAX_STREAMS = 4
 
 
 @dataclass
@@ -87,6 +96,7 @@ def select_engine(
     channels_last: bool = False,
     mc_dropout: bool = False,
     windows: int | None = None,
+    cache: bool = False,
 ) -> Engine:
     """The engine for ``model`` on ``device``, given the autocast ``amp`` PyTorch would use.
 
@@ -108,7 +118,7 @@ def select_engine(
             hint='install it (pip install "rscrisis[onnx]"), or use --engine auto or torch',
         )
     try:
-        runner = onnx_runner(model)
+        runner = onnx_runner(model, cache=cache)
     except Exception as e:  # auto falls back to PyTorch; the reason is logged
         if engine == "onnxruntime":
             raise ProcessingError(
@@ -145,19 +155,35 @@ class OnnxSegmenter:
     """A :class:`~rscrisis.ml.model.BuildingSegmenter` in eval mode, run by ONNX Runtime.
 
     Called like the module (``(x, valid)`` tensors in, the three outputs as CPU tensors out) so
-    that :func:`rscrisis.ml.tta.forward_views` runs it unchanged, every D4 view included."""
+    that :func:`rscrisis.ml.tta.forward_views` runs it unchanged, every D4 view included.
+
+    With ``threads`` of 2 to :data:`MAX_STREAMS`, a batch is cut into ``threads`` parts that
+    run at once, each on one thread of one shared session (its weights held once), instead of
+    every layer being split across the threads. Each part's layers then run without waiting
+    for the other threads at every layer, and a core taken by another thread (the reader, the
+    writer) delays one part instead of both. :data:`MAX_STREAMS` says what was measured."""
 
     def __init__(self, graph: bytes, threshold: float, threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
         import onnxruntime as ort
 
+        self.streams = threads if 2 <= threads <= MAX_STREAMS else 1
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = 1 if self.streams > 1 else threads
         options.inter_op_num_threads = 1
         # threads sleep between batches instead of spinning, so the reader and writer threads
         # get the cores (also a little faster on its own: 20.4 against 18.5 windows/s)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.threshold = threshold
+        # ONNX Runtime releases the GIL while it runs, so Python threads run parts at once
+        self._pool = (
+            ThreadPoolExecutor(self.streams - 1, thread_name_prefix="rscrisis-onnx")
+            if self.streams > 1
+            else None
+        )
+        weakref.finalize(self, _shutdown, self._pool)
 
     def eval(self) -> OnnxSegmenter:
         return self
@@ -168,8 +194,25 @@ class OnnxSegmenter:
             v = np.ones((xs.shape[0], 1, *xs.shape[2:]), bool)
         else:
             v = np.ascontiguousarray(valid.detach().cpu().numpy(), dtype=bool)
-        outputs = self.session.run(list(OUTPUTS), {"x": xs, "valid": v})
+        parts = min(self.streams, len(xs))
+        if parts < 2 or self._pool is None:
+            outputs = self._run(xs, v)
+        else:
+            bounds = np.linspace(0, len(xs), parts + 1).round().astype(int)
+            chunks = [slice(a, b) for a, b in itertools.pairwise(bounds)]
+            others = [self._pool.submit(self._run, xs[c], v[c]) for c in chunks[1:]]
+            first = self._run(xs[chunks[0]], v[chunks[0]])  # this thread runs one part
+            runs = [first, *(f.result() for f in others)]
+            outputs = [np.concatenate(o) for o in zip(*runs, strict=True)]
         return tuple(torch.from_numpy(o) for o in outputs)
+
+    def _run(self, xs: np.ndarray, v: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(list(OUTPUTS), {"x": xs, "valid": v})
+
+
+def _shutdown(pool) -> None:
+    if pool is not None:
+        pool.shutdown(wait=False)
 
 
 #: one session per live model and state: a worker that maps many scenes exports once
@@ -181,18 +224,76 @@ def _state_key(model) -> tuple:
     return tuple((id(t), t._version) for t in model.state_dict(keep_vars=True).values())
 
 
-def onnx_runner(model, threads: int | None = None) -> OnnxSegmenter:
-    """``model`` exported to ONNX (in memory) and checked against itself on a probe batch."""
+def onnx_runner(model, threads: int | None = None, *, cache: bool = False) -> OnnxSegmenter:
+    """``model`` exported to ONNX and checked against itself on a probe batch.
+
+    ``cache``: keep the graph in the user cache (:mod:`rscrisis.io.cache`, at most
+    :data:`CACHED_GRAPHS` graphs) and take it from there when the same model comes again, in
+    any process: the export costs 1.4 s in a fresh process, the cached graph 0.05 s to read.
+    The graph is named by a digest of everything it is made from (PyTorch's version, the
+    opset, the module tree, every weight and statistic), and is checked against the model
+    like a fresh export; one that fails is exported again. The loop's many short-lived models
+    (``simulate``) leave it off."""
     threads = threads or torch.get_num_threads()
     key = (_state_key(model), threads)
     cached = _RUNNERS.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
     with _in_eval_mode(model):
-        graph = export_onnx(model)
+        digest = graph_digest(model) if cache else None
+        runner = _cached_runner(model, threads, digest) if digest else None
+        if runner is None:
+            graph = export_onnx(model)
+            runner = OnnxSegmenter(graph, model.threshold, threads)
+            _check_same(model, runner)
+            if digest:
+                from rscrisis.io.cache import write_cached
+
+                write_cached(_GRAPH_KIND, digest, ".onnx", graph, CACHED_GRAPHS)
+    _RUNNERS[model] = (key, runner)
+    return runner
+
+
+#: graphs kept in the user cache (about 57 MB each for the resnet18 U-Net)
+CACHED_GRAPHS = 4
+_GRAPH_KIND = "onnx"
+
+
+def graph_digest(model) -> str:
+    """SHA-256 of what the exported graph of ``model`` depends on: 0.04 s for the resnet18
+    U-Net (57 MB of weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in ("rscrisis-onnx-1", torch.__version__, str(ONNX_OPSET), repr(model)):
+        h.update(part.encode())
+        h.update(b"\0")
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _graph_bound(model) -> int:
+    """The largest graph a cache entry of ``model`` may be: its weights and some structure."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 2 * weights + 64 * 2**20
+
+
+def _cached_runner(model, threads: int, digest: str) -> OnnxSegmenter | None:
+    from rscrisis.io.cache import read_cached
+
+    graph = read_cached(_GRAPH_KIND, digest, ".onnx", _graph_bound(model))
+    if graph is None:
+        return None
+    try:
         runner = OnnxSegmenter(graph, model.threshold, threads)
         _check_same(model, runner)
-    _RUNNERS[model] = (key, runner)
+    except Exception as e:  # a damaged or foreign entry: export again, which replaces it
+        log.warning("the cached ONNX graph %s... is not the model's (%s); exporting again",
+                    digest[:12], e)  # fmt: skip
+        return None
+    log.debug("ONNX graph %s... from the cache", digest[:12])
     return runner
 
 

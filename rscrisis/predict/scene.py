@@ -438,15 +438,19 @@ class _SceneWriter:
             tmp.unlink(missing_ok=True)
 
 
-def _to_cog(src: Path, dst: Path, resampling: str, float16: bool) -> None:
-    """Cloud-Optimized GeoTIFF from a finished intermediate (GDAL builds the overviews)."""
+def _to_cog(src: Path, dst: Path, resampling: str, float16: bool, predictor: bool = True) -> None:
+    """Cloud-Optimized GeoTIFF from a finished intermediate (GDAL builds the overviews).
+
+    ``predictor``: horizontal differencing before DEFLATE, for the smooth probabilities. The
+    mask goes without: its runs of 0 and 1 compress better as they are (on a 24 Mpx map 449
+    against 541 kB, and a little faster: 0.20 against 0.21 s)."""
     from rasterio.shutil import copy
 
     options = {
         "driver": "COG",
         "BLOCKSIZE": COG_BLOCK,
         "COMPRESS": "DEFLATE",
-        "PREDICTOR": "YES",
+        "PREDICTOR": "YES" if predictor else "NO",
         "OVERVIEW_RESAMPLING": resampling,
         "BIGTIFF": "IF_SAFER",
         "NUM_THREADS": "ALL_CPUS",
@@ -503,7 +507,7 @@ def _write_products(
     with ThreadPoolExecutor(2, thread_name_prefix="rscrisis-cog") as pool:
         cogs = [
             pool.submit(_to_cog, writer.tmp_prob, out / PROBABILITY, "AVERAGE", float16),
-            pool.submit(_to_cog, writer.tmp_mask, out / MASK, "NEAREST", False),
+            pool.submit(_to_cog, writer.tmp_mask, out / MASK, "NEAREST", False, False),
         ]
         buildings = writer.buildings.commit()
         windows = gpd.GeoDataFrame(
@@ -560,9 +564,11 @@ def predict_scene(
             torch.set_num_threads(config.threads)
         model.eval()
         views = D4 if config.tta else IDENTITY
+        t_engine = time.perf_counter()
         engine = select_engine(model, device, fast_dtype(device, config.precision),
                                config.engine, channels_last=config.channels_last,
-                               windows=len(prep.plan) * len(views))  # fmt: skip
+                               windows=len(prep.plan) * len(views), cache=True)  # fmt: skip
+        engine_s = time.perf_counter() - t_engine  # the export, unless the graph was cached
         runner, amp, threshold = engine.model, engine.amp, model.threshold
         del model  # what runs is the engine's (folded) copy: the original's weights can go
         mean = np.asarray(meta.mean, np.float32)[:, None, None]
@@ -641,6 +647,7 @@ def predict_scene(
                     "total_s": result.seconds,
                     "model_s": result.model_seconds,
                     "after_last_batch_s": round(products_s, 2),
+                    "engine_s": round(engine_s, 2),
                     **clock.rounded(),
                 },
             },

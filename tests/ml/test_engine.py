@@ -260,3 +260,93 @@ def test_a_model_that_cannot_be_folded_is_not_kept_alive(tiny_model, monkeypatch
     del m
     gc.collect()
     assert alive() is None  # the cache does not hold what it could not fold
+
+
+@needs_ort
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_a_batch_run_in_parts_gives_the_whole_batchs_outputs(model, n):
+    one = onnx_runner(model, threads=1)
+    two = onnx_runner(model, threads=2)  # a new session for another thread count
+    assert (one.streams, two.streams) == (1, 2) and two is not one
+    x = torch.randn(n, 3, 64, 96, generator=torch.Generator().manual_seed(n))
+    valid = torch.rand(n, 1, 64, 96, generator=torch.Generator().manual_seed(1)) > 0.3
+    with torch.no_grad():
+        want = model(x, valid)
+    for got in (one(x, valid), two(x, valid)):
+        for name, a, b in zip(engines.OUTPUTS, want, got, strict=True):
+            assert b.shape == a.shape, name
+            np.testing.assert_allclose(b.numpy(), a.numpy(), atol=2e-4, err_msg=name)
+
+
+@needs_ort
+def test_a_cached_graph_skips_the_export_in_a_later_process(model, monkeypatch, tmp_path):
+    monkeypatch.setenv("RSCRISIS_CACHE_DIR", str(tmp_path))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    first = onnx_runner(model, threads=1, cache=True)
+    entries = list((tmp_path / "onnx").iterdir())
+    assert [p.name for p in entries] == [f"{engines.graph_digest(model)}.onnx"]
+    engines._RUNNERS.clear()  # as a new process starts: only the disk cache is left
+
+    def no_export(_model):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(engines, "export_onnx", no_export)
+    again = onnx_runner(model, threads=1, cache=True)
+    assert again is not first
+    np.testing.assert_allclose(again(x)[0].numpy(), first(x)[0].numpy(), atol=1e-6)
+    # other weights (AdaBN, a fine-tuned copy) are another graph: exported, not the cached one
+    monkeypatch.undo()
+    monkeypatch.setenv("RSCRISIS_CACHE_DIR", str(tmp_path))
+    with torch.no_grad():
+        model.unet.segmentation_head[0].bias.add_(1.0)
+    changed = onnx_runner(model, threads=1, cache=True)
+    np.testing.assert_allclose(changed(x)[0].numpy(), first(x)[0].numpy() + 1.0, atol=1e-4)
+    assert len(list((tmp_path / "onnx").iterdir())) == 2
+    # without cache=True (the loop's models) nothing is written
+    with torch.no_grad():
+        model.unet.segmentation_head[0].bias.add_(1.0)
+    onnx_runner(model, threads=1)
+    assert len(list((tmp_path / "onnx").iterdir())) == 2
+
+
+@needs_ort
+def test_a_damaged_or_foreign_cached_graph_is_exported_again(
+    model, tiny_model, monkeypatch, tmp_path, caplog
+):
+    monkeypatch.setenv("RSCRISIS_CACHE_DIR", str(tmp_path))
+    entry = tmp_path / "onnx" / f"{engines.graph_digest(model)}.onnx"
+    entry.parent.mkdir()
+    torch.manual_seed(1)
+    other = BuildingSegmenter(read_meta(tiny_model).encoder, 3).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(x)[0]
+    for content in (b"\x08\x07 not a graph", engines.export_onnx(other)):
+        entry.write_bytes(content)
+        engines._RUNNERS.clear()
+        with caplog.at_level(logging.WARNING, logger="rscrisis.ml.engine"):
+            runner = onnx_runner(model, threads=1, cache=True)
+        assert "exporting again" in caplog.text
+        caplog.clear()
+        np.testing.assert_allclose(runner(x)[0].numpy(), want.numpy(), atol=2e-4)
+        assert entry.read_bytes() == engines.export_onnx(model)  # replaced by the right one
+
+
+@needs_ort
+def test_a_scene_run_keeps_its_graph_for_the_next(tiny_model, tiny_tiles, no_native_bf16,
+                                                   monkeypatch, tmp_path):  # fmt: skip
+    from rscrisis.predict.scene import predict_scene
+
+    monkeypatch.setenv("RSCRISIS_CACHE_DIR", str(tmp_path / "cache"))
+    scene = sorted((tiny_tiles / "images").glob("*.tif"))[0]
+    cfg = SceneConfig(window=64, overlap=16, batch_size=2, threads=1)
+    predict_scene(tiny_model, scene, tmp_path / "a", config=cfg)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    engines._RUNNERS.clear()
+    monkeypatch.setattr(engines, "export_onnx", lambda _m: pytest.fail("exported again"))
+    predict_scene(tiny_model, scene, tmp_path / "b", config=cfg)
+    timings = json.loads((tmp_path / "b" / "predict.json").read_text())["timings"]
+    assert timings["engine_s"] >= 0
+    for name in ("probability.tif", "mask.tif"):
+        with rasterio.open(tmp_path / "a" / name) as a, rasterio.open(tmp_path / "b" / name) as b:
+            assert (a.read() == b.read()).all()
