@@ -340,11 +340,47 @@ def child_graph(args) -> dict:
     return {"seconds": round(time.perf_counter() - t0, 2)}
 
 
+def child_streams(args) -> dict:
+    """ONNX Runtime's batch in parts at once (rscrisis.ml.engine.MAX_STREAMS; two parts of one
+    thread each on 2 cores) against one run on all threads, in one process, in ABBA order: the
+    same file cache and the same hour for both, which separate runs on this machine lack (they
+    drift by 10 %). Every run reads the graph from the cache, put there beforehand."""
+    import geopandas  # noqa: F401
+    import segmentation_models_pytorch  # noqa: F401
+
+    import rscrisis.ml.engine as engines
+    from rscrisis.config import SceneConfig
+    from rscrisis.predict.scene import predict_scene
+
+    cfg = SceneConfig(window=args.window, overlap=args.overlap, batch_size=args.batch_size,
+                      precision="fp32", engine="onnxruntime")  # fmt: skip
+    default = engines.MAX_STREAMS
+    # untimed: a process's first scene also pays first-time imports and GDAL's driver set-up
+    predict_scene(args.model, args.scene, args.out, config=cfg, overwrite=True)
+    runs: dict[str, list[float]] = {"parts": [], "whole": []}
+    for i in range(args.streams_ab):
+        for name in ("parts", "whole") if i % 2 == 0 else ("whole", "parts"):
+            engines.MAX_STREAMS = default if name == "parts" else 1
+            engines._RUNNERS.clear()
+            t0 = time.perf_counter()
+            predict_scene(args.model, args.scene, args.out, config=cfg, overwrite=True)
+            runs[name].append(round(time.perf_counter() - t0, 2))
+    gains = [w - p for p, w in zip(runs["parts"], runs["whole"], strict=True)]
+    return {
+        "parts_s": runs["parts"],
+        "whole_s": runs["whole"],
+        "median_gain_s": round(float(np.median(gains)), 2),
+        "pairs_faster_in_parts": sum(g > 0 for g in gains),
+        "pairs": len(gains),
+    }
+
+
 CHILDREN = {
     "forward": child_forward,
     "rscrisis": child_rscrisis,
     "torchgeo": child_torchgeo,
     "graph": child_graph,
+    "streams": child_streams,
 }
 
 
@@ -404,6 +440,14 @@ def main() -> None:
         "starts from an empty cache and exports the graph. The cache is the workdir's, never "
         "the user's",
     )
+    parser.add_argument(
+        "--streams-ab",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="instead of the table: ONNX Runtime's batch in parts against whole, PAIRS runs "
+        "of each alternating in one process, per scene",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--results", type=Path, default=HERE / "results")
     # child-process arguments
@@ -449,6 +493,16 @@ def main() -> None:
         model = given or make_model(
             work / f"model-{scene.stem}.safetensors", scene, args.encoder, args.window
         )
+        if args.streams_ab:
+            cache = {"RSCRISIS_CACHE_DIR": str(work / "graph-cache")}
+            out = work / f"out-{label.split()[0]}-{scene.stem}-streams"
+            out.mkdir(exist_ok=True)
+            run_child("graph", env=cache, model=model)  # every timed run reads the graph
+            res = run_child("streams", env=cache, scene=scene, out=out, model=model,
+                            streams_ab=args.streams_ab, **common)  # fmt: skip
+            rows.append({"scene": label, **res})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+            continue
         runs: list[tuple[str, str, dict]] = []
         for v in variants:
             opts = {
@@ -546,12 +600,14 @@ def main() -> None:
         "coverage",
         "error",
     ]
+    if args.streams_ab:
+        keys = ["scene", "parts_s", "whole_s", "median_gain_s", "pairs_faster_in_parts", "pairs"]
     keys = [k for k in keys if any(k in r for r in rows)]
     print(" | ".join(keys))
     for r in rows:
         print(" | ".join(str(r.get(k, "")) for k in keys))
     args.results.mkdir(parents=True, exist_ok=True)
-    name = f"bench_predict_{args.size}"
+    name = f"bench_predict_{args.size}" + ("_streams" if args.streams_ab else "")
     with open(args.results / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()

@@ -58,9 +58,11 @@ ONNX_MIN_WINDOWS = 200
 FOLD_MIN_WINDOWS = 100
 #: ONNX Runtime runs a batch as this many parts at once, one thread each, when it has 2 to
 #: this many threads (:class:`OnnxSegmenter`). On an idle 2-core AVX2 EPYC with 256 px
-#: windows in batches of 8: 14.4 windows/s as two parts of 4 against 13.1-14.3 with the
-#: session's two threads splitting every layer (README, "Parts of a batch at once"). Only
-#: 2 threads were measured; the cap of 4 keeps parts of a batch of 8 at 2 windows or more.
+#: windows in batches of 8, the model alone: 14.4 windows/s as two parts of 4 against
+#: 13.1-14.3 with the session's two threads splitting every layer; scenes of 17 and 24 Mpx
+#: end to end faster in 9 of 10 runs paired in one process, by 2-3 % at the median (README,
+#: "Parts of a batch at once"). Only 2 threads were measured; the cap of 4 keeps parts of a
+#: batch of 8 at 2 windows or more.
 MAX_STREAMS = 4
 
 
