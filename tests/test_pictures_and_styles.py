@@ -159,3 +159,47 @@ def test_thumbnail_built_from_strips_is_the_block_mean_of_the_valid_pixels():
     assert np.isnan(thumb.image[:, 5, 7]).all() and not thumb.valid[5, 7]
     centres = mask[k // 2 :: k, k // 2 : width : k]
     np.testing.assert_array_equal(thumb.mask[: centres.shape[0], : centres.shape[1]], centres)
+
+
+def test_quicklook_pixels_are_the_stretched_imagery_shaded_by_class_and_outlined(tmp_path):
+    """Every kind of quicklook pixel, read back from the PNG: the imagery stretched between its
+    2nd and 98th percentiles, a window's class colour blended in at HEAT_ALPHA, cyan building
+    outlines, white nodata."""
+    import geopandas as gpd
+    from affine import Affine
+    from shapely.geometry import box
+
+    from rscrisis.io.pictures import HEAT_ALPHA, MIN_QUICKLOOK_PX, Thumbnail, scene_quicklook
+    from rscrisis.io.styles import RED_TO_GREEN
+
+    size = 40
+    ramp = np.tile(np.arange(size, dtype=np.uint8) * 5 + 20, (3, size, 1))  # columns 20..215
+    valid = np.ones((size, size), bool)
+    valid[:, 36:] = False  # nodata on the right
+    mask = np.zeros((size, size), bool)
+    mask[10:20, 22:32] = True  # one building, 10 x 10 px
+    thumb = Thumbnail(size, size, Affine(1, 0, 500, 0, -1, 900))
+    thumb.add_image(0, ramp, valid)
+    thumb.add_mask(0, mask)
+    # the left half is a window of predicted IoU 0.1 (the red class); the right is unshaded
+    windows = gpd.GeoDataFrame(
+        {"pred_iou": [0.1]}, geometry=[box(500, 860, 520, 900)], crs="EPSG:32645"
+    )
+    scene_quicklook(thumb, windows, tmp_path / "q.png", "test")
+    zoom = -(-MIN_QUICKLOOK_PX // size)
+    with Image.open(tmp_path / "q.png") as im:
+        pixels = np.asarray(im.convert("RGB"))[36:, 8:][: size * zoom, : size * zoom]
+    picture = pixels[zoom // 2 :: zoom, zoom // 2 :: zoom].astype(float)  # one per source px
+    values = ramp[0][valid].astype(float)
+    lo, hi = np.percentile(values, (2, 98))
+    grey = np.clip((ramp[0] - lo) / (hi - lo), 0, 1)
+    red = np.array([int(c) for c in RED_TO_GREEN[0].split(",")]) / 255
+    for col in (2, 12, 19):  # shaded, away from the building
+        want = 255 * ((1 - HEAT_ALPHA) * grey[5, col] + HEAT_ALPHA * red)
+        np.testing.assert_allclose(picture[5, col], want, atol=1.01)
+    for col in (21, 30, 35):  # not shaded
+        np.testing.assert_allclose(picture[5, col], 255 * grey[5, col], atol=1.01)
+    assert (picture[10, 22:32] == (0, 255, 255)).all()  # the building's top edge: cyan
+    assert (picture[15, 22] == (0, 255, 255)).all() and (picture[15, 31] == (0, 255, 255)).all()
+    np.testing.assert_allclose(picture[15, 26], 255 * grey[15, 26], atol=1.01)  # inside: imagery
+    assert (picture[:, 36:] == 255).all()  # nodata: white paper

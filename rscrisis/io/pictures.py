@@ -10,6 +10,7 @@ atomically like every output.
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ HEAT_ALPHA = 0.3
 #: chips drawn in a batch overview
 MAX_CHIPS = 24
 #: the model's building outlines: cyan stands out on red and orange roofs, soil and vegetation
+#: valid pixels per band from which a picture's contrast stretch is taken
+STRETCH_SAMPLE = 1 << 18
 OUTLINE = (0.0, 1.0, 1.0)
 
 
@@ -46,18 +49,25 @@ def _save(fig, path: Path) -> None:
 
 
 def _display(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, 3) float in [0, 1] from (C, H, W) imagery: the first three bands (or one band as
-    grey), each stretched between its 2nd and 98th percentile over valid pixels."""
+    """(H, W, 3) float32 in [0, 1] from (C, H, W) imagery: the first three bands (or one band
+    as grey), each stretched between its 2nd and 98th percentile over valid pixels (over an
+    even sample of :data:`STRETCH_SAMPLE` of them in a larger picture: a 1,230 px quicklook's
+    stretch took 0.1 s, most of it sorting 1.5 million values per band)."""
     bands = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
-    out = np.zeros((*bands.shape[1:], 3), np.float32)
-    for i, band in enumerate(bands.astype(np.float32)):
+    planes = np.empty(bands.shape, np.float32)
+    for i, band in enumerate(bands):
         values = band[valid] if valid is not None and valid.any() else band.ravel()
+        values = values[:: max(1, values.size // STRETCH_SAMPLE)]
         values = values[np.isfinite(values)]
         lo, hi = np.percentile(values, (2, 98)) if values.size else (0.0, 1.0)
-        out[..., i] = np.clip((band - lo) / max(hi - lo, 1e-6), 0, 1)
+        plane = planes[i]
+        np.subtract(band, lo, out=plane, casting="unsafe")
+        plane *= np.float32(1 / max(hi - lo, 1e-6))
+        np.clip(plane, 0, 1, out=plane)
     if valid is not None:
-        out[~valid] = 1.0  # nodata as white paper
-    return np.nan_to_num(out, nan=1.0)
+        planes[:, ~valid] = 1.0  # nodata as white paper
+    np.nan_to_num(planes, copy=False, nan=1.0)
+    return np.ascontiguousarray(planes.transpose(1, 2, 0))
 
 
 def _outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
@@ -186,9 +196,11 @@ def scene_quicklook(picture: Thumbnail, windows, path: Path, title: str) -> None
             dtype="float32",
         )
         shaded = np.isfinite(heat) & valid
-        colours = np.array(classes) / 255
-        cls = np.clip(np.digitize(heat[shaded], IOU_CLASSES[1:-1]), 0, len(colours) - 1)
-        rgb[shaded] = (1 - HEAT_ALPHA) * rgb[shaded] + HEAT_ALPHA * colours[cls]
+        colours = np.array(classes, np.float32) / 255
+        cls = np.digitize(np.where(shaded, heat, 0), IOU_CLASSES[1:-1])
+        alpha = np.where(shaded, np.float32(HEAT_ALPHA), np.float32(0))[..., None]
+        # (1 - alpha) x imagery + alpha x class colour, as whole-picture passes
+        rgb += alpha * (colours[np.clip(cls, 0, len(colours) - 1)] - rgb)
     zoom = max(1, math.ceil(MIN_QUICKLOOK_PX / max(picture.shape)))
     outline = _outline(picture.mask & valid, width=2 if max(picture.shape) >= 800 else 1)
     rgb[outline] = OUTLINE
@@ -216,7 +228,9 @@ def scene_quicklook(picture: Thumbnail, windows, path: Path, title: str) -> None
     draw.rectangle((x, y + 2, x + 14, y + 14), outline=cyan, width=2)
     draw.text((x + 18, y), "buildings", fill="black", font=font)
     with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG", compress_level=1)  # 0.14 s; level 6: 0.36 s, 7 % smaller
+        # zlib's run-length strategy at level 1: 0.13 CPU-s and 3.1 MB for a 24 Mpx scene's
+        # quicklook, against 0.18 s and 3.3 MB with the default strategy (level 6: 0.36 s)
+        canvas.save(tmp, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
 
 
 def _font():

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 ENGINES: tuple[str, ...] = get_args(EngineName)
 OUTPUTS = ("logits", "iou", "embedding")
+#: what :meth:`~rscrisis.ml.model.BuildingSegmenter.scored` adds: the probabilities and their
+#: statistics, which the graph computes anyway for the IoU head
+SCORED = (*OUTPUTS, "prob", "stats")
 #: the largest difference from the eager model, on a probe batch, that an export or a fold may
 #: show, relative to the output's largest value where that is above 1 (fp32 kernels differ in
 #: summation order: about 1e-5 was seen on logits, 5e-6 of the largest on a deep encoder's)
@@ -191,6 +194,14 @@ class OnnxSegmenter:
         return self
 
     def __call__(self, x: torch.Tensor, valid: torch.Tensor | None = None):
+        return self._outputs(OUTPUTS, x, valid)
+
+    def scored(self, x: torch.Tensor, valid: torch.Tensor | None = None):
+        """As :meth:`~rscrisis.ml.model.BuildingSegmenter.scored`: the probabilities and their
+        statistics come out of the graph, computed by each part's thread."""
+        return self._outputs(SCORED, x, valid)
+
+    def _outputs(self, names: tuple[str, ...], x: torch.Tensor, valid: torch.Tensor | None):
         xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         if valid is None:
             v = np.ones((xs.shape[0], 1, *xs.shape[2:]), bool)
@@ -198,18 +209,18 @@ class OnnxSegmenter:
             v = np.ascontiguousarray(valid.detach().cpu().numpy(), dtype=bool)
         parts = min(self.streams, len(xs))
         if parts < 2 or self._pool is None:
-            outputs = self._run(xs, v)
+            outputs = self._run(names, xs, v)
         else:
             bounds = np.linspace(0, len(xs), parts + 1).round().astype(int)
             chunks = [slice(a, b) for a, b in itertools.pairwise(bounds)]
-            others = [self._pool.submit(self._run, xs[c], v[c]) for c in chunks[1:]]
-            first = self._run(xs[chunks[0]], v[chunks[0]])  # this thread runs one part
+            others = [self._pool.submit(self._run, names, xs[c], v[c]) for c in chunks[1:]]
+            first = self._run(names, xs[chunks[0]], v[chunks[0]])  # this thread runs one part
             runs = [first, *(f.result() for f in others)]
             outputs = [np.concatenate(o) for o in zip(*runs, strict=True)]
         return tuple(torch.from_numpy(o) for o in outputs)
 
-    def _run(self, xs: np.ndarray, v: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(list(OUTPUTS), {"x": xs, "valid": v})
+    def _run(self, names: tuple[str, ...], xs: np.ndarray, v: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(list(names), {"x": xs, "valid": v})
 
 
 def _shutdown(pool) -> None:
@@ -222,8 +233,10 @@ _RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _state_key(model) -> tuple:
-    """Changes whenever a weight or statistic of ``model`` is replaced or updated in place."""
-    return tuple((id(t), t._version) for t in model.state_dict(keep_vars=True).values())
+    """Changes whenever a weight or statistic of ``model`` is replaced or updated in place, or
+    its threshold is changed (a constant of the graph and of a folded copy)."""
+    tensors = tuple((id(t), t._version) for t in model.state_dict(keep_vars=True).values())
+    return (float(model.threshold), *tensors)
 
 
 def onnx_runner(model, threads: int | None = None, *, cache: bool = False) -> OnnxSegmenter:
@@ -263,11 +276,14 @@ _GRAPH_KIND = "onnx"
 
 def graph_digest(model) -> str:
     """SHA-256 of what the exported graph of ``model`` depends on: 0.04 s for the resnet18
-    U-Net (57 MB of weights)."""
+    U-Net (57 MB of weights). The threshold is a constant of the graph (its statistics feed
+    the IoU head) though it is neither a weight nor in the module tree."""
     import hashlib
 
     h = hashlib.sha256()
-    for part in ("rscrisis-onnx-1", torch.__version__, str(ONNX_OPSET), repr(model)):
+    parts = ("rscrisis-onnx-2", torch.__version__, str(ONNX_OPSET), repr(model),
+             repr(float(model.threshold)))  # fmt: skip
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     for name, t in model.state_dict().items():
@@ -380,8 +396,21 @@ def _in_channels(model) -> int:
     return int(first.shape[1])
 
 
+class _ScoredGraph(torch.nn.Module):
+    """What is exported: the model's :meth:`scored` outputs (:data:`SCORED`)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training  # the exporter follows the wrapper's own mode
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor):
+        return self.model.scored(x, valid)
+
+
 def export_onnx(model) -> bytes:
-    """The eval-mode model as an ONNX graph, batch size and window size free."""
+    """The eval-mode model as an ONNX graph, batch size and window size free, with the
+    outputs of :data:`SCORED`."""
     channels = _in_channels(model)
     x = torch.zeros(2, channels, 64, 64)
     valid = torch.ones(2, 1, 64, 64, dtype=torch.bool)
@@ -391,15 +420,14 @@ def export_onnx(model) -> bytes:
         # the TorchScript exporter announces its deprecation on every call
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model,
+            _ScoredGraph(model),
             (x, valid),
             buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects
             input_names=["x", "valid"],
-            output_names=list(OUTPUTS),
+            output_names=list(SCORED),
             dynamic_axes={
-                **dict.fromkeys(("x", "valid", "logits"), free),
-                "iou": {0: "n"},
-                "embedding": {0: "n"},
+                **{key: free for key in ("x", "valid", "logits", "prob")},
+                **{key: {0: "n"} for key in ("iou", "embedding", "stats")},
             },
             opset_version=ONNX_OPSET,
             dynamo=False,
@@ -408,8 +436,9 @@ def export_onnx(model) -> bytes:
 
 
 def _check_same(model, runner, what: str = "exported graph") -> None:
-    """``runner`` gives the eager model's outputs on a seeded probe batch in fp32, at a window
-    size other than the one traced (so no traced size is baked in), on the model's device."""
+    """``runner`` gives the eager model's :meth:`scored` outputs (:data:`SCORED`) on a seeded
+    probe batch in fp32, at a window size other than the one traced (so no traced size is
+    baked in), on the model's device."""
     channels = _in_channels(model)
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
@@ -418,10 +447,13 @@ def _check_same(model, runner, what: str = "exported graph") -> None:
     valid[1, :, :, 100:] = False
     x, valid = x.to(device), valid.to(device)
     with torch.no_grad():
-        want = model(x, valid)
-        got = runner(x, valid)
-    for name, a, b in zip(OUTPUTS, want, got, strict=True):
+        want = model.scored(x, valid)
+        got = runner.scored(x, valid)
+    for name, a, b in zip(SCORED, want, got, strict=True):
         a = a.float()
+        if name == "prob":  # the sigmoid of its own logits, checked above against the model's
+            # (near 0 an untrained deep encoder's logits, of 1e3, differ by 1e-2: so would p)
+            a = torch.sigmoid(got[0].float()).to(a.device)
         diff = float((a - b.float().to(a.device)).abs().max())
         # relative to the output's scale: an untrained deep encoder's logits reach 1e3
         if not diff <= EXPORT_TOLERANCE * max(1.0, float(a.abs().max())):

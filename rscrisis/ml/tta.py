@@ -38,6 +38,9 @@ class ViewsOutput:
     embedding: torch.Tensor  # (B, D) mean pooled bottleneck features over the views
     spread: torch.Tensor | None  # (B, H, W) standard deviation of the views' probabilities
     agreement: torch.Tensor | None  # (B,) mean IoU of each view's mask with the mean's mask
+    #: (B, 4) rscrisis.ml.model.prob_stats of ``prob`` over the valid pixels, as the model
+    #: computed them for its IoU head: one view of a model with ``scored`` (None otherwise)
+    stats: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -57,6 +60,10 @@ def forward_views(
         raise ValueError(f"90° rotations need square inputs, got {tuple(x.shape[-2:])}")
     device = x.device
     v1 = valid.unsqueeze(1)
+    if tuple(views) == IDENTITY and hasattr(model, "scored"):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            _, iou, emb, prob, stats = model.scored(x, v1)
+        return ViewsOutput(prob.float().squeeze(1), iou.float(), emb.float(), None, None, stats)
     probs, ious, embs = [], [], []
     for view in views:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):

@@ -475,7 +475,9 @@ def _infer(model, batch: _Batch, device, amp, views, channels_last: bool):
         x = x.contiguous(memory_format=torch.channels_last)
     valid = torch.from_numpy(batch.valid[batch.keep]).to(device)
     res = forward_views(model, x, valid, amp, views)
-    s4 = prob_stats(res.prob.unsqueeze(1), valid.unsqueeze(1), model.threshold)
+    s4 = res.stats
+    if s4 is None:  # several views: the statistics of their mean
+        s4 = prob_stats(res.prob.unsqueeze(1), valid.unsqueeze(1), model.threshold)
     stats = {
         "pred_iou": res.iou,
         "soft_iou": s4[:, 2],
@@ -564,31 +566,36 @@ def predict_scene(
             torch.set_num_threads(config.threads)
         model.eval()
         views = D4 if config.tta else IDENTITY
-        t_engine = time.perf_counter()
-        engine = select_engine(model, device, fast_dtype(device, config.precision),
-                               config.engine, channels_last=config.channels_last,
-                               windows=len(prep.plan) * len(views), cache=True)  # fmt: skip
-        engine_s = time.perf_counter() - t_engine  # the export, unless the graph was cached
-        runner, amp, threshold = engine.model, engine.amp, model.threshold
-        del model  # what runs is the engine's (folded) copy: the original's weights can go
         mean = np.asarray(meta.mean, np.float32)[:, None, None]
         std = np.asarray(meta.std, np.float32)[:, None, None]
         total = len(prep.plan)
-
-        t0 = time.perf_counter()
         clock = StageClock()
         model_s = 0.0
         done = skipped = 0
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
             picture = Thumbnail(prep.grid.width, prep.grid.height, prep.grid.transform)
-            writer = _SceneWriter(prep, out, config, threshold, clock, picture)
+            # the reader starts on the first batches while the engine is made ready
+            batches = Prefetcher(
+                _read_batches(prep, config.batch_size, mean, std, clock, picture),
+                depth=config.prefetch,
+            )
+            try:
+                t_engine = time.perf_counter()
+                engine = select_engine(model, device, fast_dtype(device, config.precision),
+                                       config.engine, channels_last=config.channels_last,
+                                       windows=total * len(views), cache=True)  # fmt: skip
+                t0 = time.perf_counter()
+                engine_s = t0 - t_engine  # the export, unless the graph was cached
+                runner, amp, threshold = engine.model, engine.amp, model.threshold
+                del model  # what runs is the engine's (folded) copy: the original's can go
+                writer = _SceneWriter(prep, out, config, threshold, clock, picture)
+            except BaseException:
+                batches.close()
+                raise
             try:
                 consumer = BackgroundConsumer(writer.handle, depth=2)
                 try:
-                    for batch in Prefetcher(
-                        _read_batches(prep, config.batch_size, mean, std, clock, picture),
-                        depth=config.prefetch,
-                    ):
+                    for batch in batches:
                         t_model = time.perf_counter()
                         probs, stats = _infer(
                             runner, batch, device, amp, views, engine.channels_last

@@ -112,7 +112,9 @@ def run_model(
         model.eval()
         out = forward_views(model, x, valid, amp, views)
         prob, iou, emb = out.prob, out.iou, out.embedding
-        stats4 = prob_stats(prob.unsqueeze(1), valid.unsqueeze(1), threshold)
+        stats4 = out.stats
+        if stats4 is None:  # several views: the statistics of their mean
+            stats4 = prob_stats(prob.unsqueeze(1), valid.unsqueeze(1), threshold)
         stats = {
             "mean_entropy": stats4[:, 1],
             "mean_margin": _masked_mean((2 * prob - 1).abs(), valid),

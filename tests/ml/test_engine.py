@@ -271,11 +271,16 @@ def test_a_batch_run_in_parts_gives_the_whole_batchs_outputs(model, n):
     x = torch.randn(n, 3, 64, 96, generator=torch.Generator().manual_seed(n))
     valid = torch.rand(n, 1, 64, 96, generator=torch.Generator().manual_seed(1)) > 0.3
     with torch.no_grad():
-        want = model(x, valid)
-    for got in (one(x, valid), two(x, valid)):
-        for name, a, b in zip(engines.OUTPUTS, want, got, strict=True):
-            assert b.shape == a.shape, name
-            np.testing.assert_allclose(b.numpy(), a.numpy(), atol=2e-4, err_msg=name)
+        want = model.scored(x, valid)
+    for runner in (one, two):
+        # the module's three outputs, and with ``scored`` the probabilities and statistics
+        # the graph computes for the IoU head
+        for names, got in ((engines.OUTPUTS, runner(x, valid)),
+                           (engines.SCORED, runner.scored(x, valid))):  # fmt: skip
+            assert len(got) == len(names)
+            for name, a, b in zip(names, want, got, strict=False):
+                assert b.shape == a.shape, name
+                np.testing.assert_allclose(b.numpy(), a.numpy(), atol=2e-4, err_msg=name)
 
 
 @needs_ort
@@ -302,11 +307,22 @@ def test_a_cached_graph_skips_the_export_in_a_later_process(model, monkeypatch, 
     changed = onnx_runner(model, threads=1, cache=True)
     np.testing.assert_allclose(changed(x)[0].numpy(), first(x)[0].numpy() + 1.0, atol=1e-4)
     assert len(list((tmp_path / "onnx").iterdir())) == 2
+    # a new threshold (calibrate) is a constant of the graph: its statistics follow it
+    with_bias = onnx_runner(model, threads=1, cache=True)
+    assert with_bias is changed
+    model.threshold = 0.95  # above most of the probe's probabilities
+    higher = onnx_runner(model, threads=1, cache=True)
+    assert higher is not changed
+    assert len(list((tmp_path / "onnx").iterdir())) == 3
+    with torch.no_grad():
+        want = model.scored(x)[4]
+    np.testing.assert_allclose(higher.scored(x)[4].numpy(), want.numpy(), atol=1e-5)
+    assert not np.allclose(changed.scored(x)[4].numpy(), want.numpy(), atol=1e-3)
     # without cache=True (the loop's models) nothing is written
     with torch.no_grad():
         model.unet.segmentation_head[0].bias.add_(1.0)
     onnx_runner(model, threads=1)
-    assert len(list((tmp_path / "onnx").iterdir())) == 2
+    assert len(list((tmp_path / "onnx").iterdir())) == 3
 
 
 @needs_ort

@@ -1,5 +1,7 @@
+import gc
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +58,35 @@ def test_save_load_bit_exact(tmp_path):
         assert k == k2 and torch.equal(a, b), k
     assert lmeta.history == m.history and lmeta.encoder == "resnet18"
     assert read_meta(path).in_channels == 3
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "mobilenet_v2", "efficientnet-b0"])
+def test_a_loaded_model_holds_the_files_tensors_and_trains(tmp_path, encoder):
+    # built on the meta device, then given the file's tensors: none left unset, none shared
+    # with another model, every parameter trainable
+    torch.manual_seed(0)
+    m = ModelMeta(encoder=encoder, in_channels=3, mean=[0.0] * 3, std=[1.0] * 3, tile_size=64)
+    net = build_model(m)
+    save_model(net, m, tmp_path / "m.safetensors")
+    loaded, _ = load_model(tmp_path / "m.safetensors")
+    tensors = [*loaded.parameters(), *loaded.buffers()]
+    assert not any(t.is_meta for t in tensors)
+    assert all(p.requires_grad and isinstance(p, torch.nn.Parameter) for p in loaded.parameters())
+    for (name, a), b in zip(net.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: the model holds copies, not safetensors' mapping of the file
+        gc.collect()
+        assert "m.safetensors" not in maps.read_text()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x)[0], loaded.eval()(x)[0])
+    loaded.train()
+    head = loaded.unet.segmentation_head[0].weight
+    before = head.detach().clone()
+    loaded(x)[0].mean().backward()
+    torch.optim.SGD(loaded.parameters(), lr=0.1).step()
+    assert not torch.equal(before, head)
 
 
 def test_bad_model_files(tmp_path):

@@ -37,3 +37,25 @@ def test_rotations_need_square_windows():
     x = torch.zeros(1, 1, 8, 16)
     with pytest.raises(ValueError, match="square"):
         forward_views(Shifted(), x, torch.ones(1, 8, 16, dtype=torch.bool), None, D4)
+
+
+def test_one_view_takes_the_statistics_the_model_computed_for_its_iou_head():
+    from rscrisis.ml.model import BuildingSegmenter, prob_stats
+
+    torch.manual_seed(0)
+    model = BuildingSegmenter("resnet18", 3).eval()
+    x = torch.randn(3, 3, 64, 64)
+    valid = torch.rand(3, 64, 64) > 0.3
+    valid[2] = False  # a window with nothing valid
+    with torch.no_grad():
+        one = forward_views(model, x, valid, None, (0,))
+        logits, iou, emb = model(x, valid.unsqueeze(1))
+    assert one.stats is not None and one.stats.shape == (3, 4)
+    # what prediction computed from the logits before: the same values, not recomputed
+    assert torch.equal(one.prob, torch.sigmoid(logits).squeeze(1))
+    want = prob_stats(one.prob.unsqueeze(1), valid.unsqueeze(1), model.threshold)
+    assert torch.allclose(one.stats, want, atol=1e-6)
+    assert torch.equal(one.iou, iou) and torch.equal(one.embedding, emb)
+    # several views, or a model without ``scored``: the caller computes them from the mean
+    assert forward_views(model, x, valid, None, (0, 4)).stats is None
+    assert forward_views(Shifted(), x[:, :1], valid, None, (0,)).stats is None
