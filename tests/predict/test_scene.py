@@ -201,3 +201,34 @@ def test_regularized_outlines_are_rectangles(pixel_model, tmp_path):
     frame = gpd.read_file(tmp_path / "map" / "buildings.gpkg")
     assert len(frame) == 1
     assert len(frame.geometry.iloc[0].exterior.coords) == 5
+
+
+def test_an_engine_that_fails_stops_the_reader_started_beside_it(pixel_model, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    """The reader starts on the first batches while the engine is made ready; when that
+    fails, the error is the engine's, the reader is stopped, and nothing is left in --out."""
+    import threading
+
+    from rscrisis.errors import ProcessingError
+    from rscrisis.predict import scene as scenes
+
+    model_path, _ = pixel_model
+    scene = _scene(tmp_path / "scene.tif")
+    started = threading.Event()
+    reader = scenes._read_batches
+
+    def watched(*args, **kwargs):
+        started.set()
+        yield from reader(*args, **kwargs)
+
+    def failing(*args, **kwargs):
+        assert started.wait(10)  # the reader is already running
+        raise ProcessingError("no engine here")
+
+    monkeypatch.setattr(scenes, "_read_batches", watched)
+    monkeypatch.setattr("rscrisis.ml.engine.select_engine", failing)
+    out = tmp_path / "map"
+    with pytest.raises(ProcessingError, match="no engine here"):
+        predict_scene(model_path, scene, out, config=SceneConfig(window=128, threads=1))
+    assert not [t for t in threading.enumerate() if t.name == "rscrisis-reader" and t.is_alive()]
+    assert not out.exists() or not any(out.iterdir())
