@@ -27,9 +27,9 @@ HEAT_ALPHA = 0.3
 #: chips drawn in a batch overview
 MAX_CHIPS = 24
 #: the model's building outlines: cyan stands out on red and orange roofs, soil and vegetation
+OUTLINE = (0.0, 1.0, 1.0)
 #: valid pixels per band from which a picture's contrast stretch is taken
 STRETCH_SAMPLE = 1 << 18
-OUTLINE = (0.0, 1.0, 1.0)
 
 
 def _pyplot():
