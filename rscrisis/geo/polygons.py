@@ -397,9 +397,70 @@ class BuildingShaper:
             filled.append(shapely.Polygon(part.exterior, rings))
         return filled[0] if geom.geom_type == "Polygon" else shapely.MultiPolygon(filled)
 
+    def shape_many(self, pieces: list[Piece]) -> list[dict]:
+        """:meth:`__call__` for many pieces at once (a strip's buildings), in their order,
+        without the dropped ones: the same records, value for value (tested).
+
+        The common case, a polygon whose rings all survive Douglas-Peucker as a valid outline,
+        runs as whole-array shapely calls; every other piece (holes to fill, a ring that
+        collapses, an invalid result, a multipolygon, squaring, non-square pixels) goes
+        through :meth:`__call__`. On a trained model's 24 Mpx map (990 buildings) shaping
+        took 0.29 CPU-s one piece at a time, most of it Python around each GEOS call."""
+        opts = self.options
+        pieces = [p for p, small in zip(pieces, self.too_small(
+            np.array([p.pixels for p in pieces], np.int64)), strict=True) if not small]  # fmt: skip
+        if not pieces:
+            return []
+        if opts.regularize or opts.simplify <= 0 or self.aspect != 1.0:
+            return [r for r in map(self, pieces) if r is not None]
+        geoms = np.array([p.geom for p in pieces], dtype=object)
+        fast = (shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON) & (
+            shapely.get_num_interior_rings(geoms) == 0
+        )  # holes may be filled first: those go one by one, as few as they are
+        out: list[object] = [None] * len(pieces)
+        idx = np.flatnonzero(fast)
+        if idx.size:
+            shells = shapely.simplify(
+                shapely.get_exterior_ring(geoms[idx]), opts.simplify / self.gx,
+                preserve_topology=False,
+            )  # fmt: skip
+            kept = shapely.get_num_coordinates(shells) >= 4
+            simple = np.full(idx.size, None, dtype=object)
+            simple[kept] = shapely.polygons(shells[kept])
+            good = kept.copy()
+            good[kept] = shapely.is_valid(simple[kept])
+            mapped = shapely.transform(simple[good], self._map_coords)
+            for i, geom in zip(idx[good], mapped, strict=True):
+                out[i] = geom
+        records = []
+        for piece, geom in zip(pieces, out, strict=True):
+            if geom is None:  # the general path
+                record = self(piece)
+                if record is not None:
+                    records.append(record)
+                continue
+            records.append(self._record(piece, geom))
+        return records
+
+    def _map_coords(self, coords: np.ndarray) -> np.ndarray:
+        """Pixel-frame coordinates (n, 2) to map coordinates: shapely.affinity's arithmetic,
+        term for term, so both paths give the same floats."""
+        a, b, d, e, xoff, yoff = self._to_map
+        x, y = coords.T
+        return np.stack([a * x + b * y + xoff, d * x + e * y + yoff]).T
+
+    def _record(self, piece: Piece, geom) -> dict:
+        """The record of ``piece`` with its outline ``geom`` in map coordinates."""
+        return {
+            "area_m2": round(piece.pixels * self.px_area, 2),
+            "mean_prob": round(piece.prob_sum / max(piece.pixels, 1), 4),
+            "pixels": piece.pixels,
+            "oversize": piece.oversize,
+            "geometry": geom,
+        }
+
     def __call__(self, piece: Piece) -> dict | None:
         opts = self.options
-        area = piece.pixels * self.px_area
         if self.too_small(np.asarray(piece.pixels)):
             return None
         geom = self.fill_small_holes(piece.geom)
@@ -411,13 +472,7 @@ class BuildingShaper:
             geom = simplify(geom, opts.simplify / self.gx, fallback=not piece.oversize)
         if geom.is_empty:
             return None
-        return {
-            "area_m2": round(area, 2),
-            "mean_prob": round(piece.prob_sum / max(piece.pixels, 1), 4),
-            "pixels": piece.pixels,
-            "oversize": piece.oversize,
-            "geometry": shapely.affinity.affine_transform(geom, self._to_map),
-        }
+        return self._record(piece, shapely.affinity.affine_transform(geom, self._to_map))
 
 
 def regularize(poly: Polygon, tolerance: float, max_area_change: float = 0.25) -> Polygon:

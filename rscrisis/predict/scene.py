@@ -340,14 +340,16 @@ class _SceneWriter:
         self.buildings = BuildingLayer(
             out / BUILDINGS, grid.crs, out / BUILDINGS_JSON if config.geojson else None
         )
-        shaper = BuildingShaper(
+        self.shaper = shaper = BuildingShaper(
             grid.transform,
             grid.gsd_m,
             OutlineOptions(config.min_area, config.simplify, config.regularize, config.max_area),
         )
+        #: the pieces the collector completed in the current strip, shaped all at once
+        self.pieces: list = []
         self.polygons = PolygonCollector(
             grid.height,
-            lambda p: self.buildings.add(shaper(p)),
+            self.pieces.append,
             max_pixels=shaper.max_pixels,
             too_small=shaper.too_small,
         )
@@ -407,12 +409,19 @@ class _SceneWriter:
             self.picture.add_mask(first_row, mask)
         with self.clock.stage("polygons"):
             self.polygons.add_strip(first_row, mask, prob)
+            self._shape_pieces()
         self.rows_written += len(prob)
+
+    def _shape_pieces(self) -> None:
+        for record in self.shaper.shape_many(self.pieces):
+            self.buildings.add(record)
+        self.pieces.clear()
 
     def finish(self) -> None:
         self.stitcher.finish()
         self.strips.flush()
         self.polygons.finish()
+        self._shape_pieces()
         if self.config.prob_format == "uint8":
             self.prob_ds.scales = (1 / PROB_SCALE,)
             self.prob_ds.offsets = (0.0,)

@@ -414,3 +414,52 @@ def test_ring_by_ring_douglas_peucker_is_geos_where_it_is_valid():
                 assert ours.equals(geos)  # topologically: GEOS versions order vertices apart
                 compared += 1
     assert compared > 50
+
+
+@pytest.mark.parametrize(
+    ("options", "gsd"),
+    [
+        (OutlineOptions(min_area=2.0, simplify=0.3), (0.25, 0.25)),  # the scene defaults
+        (OutlineOptions(min_area=2.0, simplify=0.6), (0.25, 0.25)),  # rings that collapse
+        (OutlineOptions(min_area=1.0, simplify=0.3, regularize=True), (0.25, 0.25)),
+        (OutlineOptions(min_area=2.0, simplify=0.3), (0.25, 0.3)),  # non-square pixels
+    ],
+)
+def test_shaping_a_strips_pieces_at_once_gives_the_one_by_one_records(options, gsd):
+    """BuildingShaper.shape_many takes the common case through whole-array shapely calls:
+    its records are those of shaping each piece alone, float for float, in the same order,
+    on a map with buildings of every kind: small ones dropped, holes filled or kept, thin
+    parts that Douglas-Peucker collapses, blocks across strip borders."""
+    rng = np.random.default_rng(7)
+    mask = np.zeros((300, 260), bool)
+    for _ in range(90):
+        r, c = rng.integers(0, 290), rng.integers(0, 250)
+        h, w = rng.integers(1, 16), rng.integers(1, 16)
+        mask[r : r + h, c : c + w] = True
+    mask[100:140, 100:160] = True
+    mask[110:112, 120:122] = False  # a small hole (filled) and a large one (kept)
+    mask[120:135, 130:150] = False
+    mask[200:260, 20:22] = True  # a thin line
+    mask &= rng.random(mask.shape) > 0.02  # speckle: pixel holes, ragged edges
+    prob = np.where(mask, rng.uniform(0.5, 1, mask.shape), 0.1)
+    t = Affine(gsd[0], 0, 500_000.0, 0, -gsd[1], 4_000_000.0)
+    shaper = BuildingShaper(t, gsd, options)
+    strips: list[list[Piece]] = []
+    col = PolygonCollector(mask.shape[0], lambda p: strips[-1].append(p),
+                           too_small=shaper.too_small)  # fmt: skip
+    for r in range(0, mask.shape[0], 64):
+        strips.append([])
+        col.add_strip(r, mask[r : r + 64], prob[r : r + 64])
+    strips.append([])
+    col.finish()
+    pieces = [p for strip in strips for p in strip]
+    assert len(pieces) > 30 and any(len(p.geom.interiors) for p in pieces)
+    want = [r for r in map(shaper, pieces) if r is not None]
+    got = [r for strip in strips for r in shaper.shape_many(strip)]
+    assert len(got) == len(want) > 20
+    for a, b in zip(want, got, strict=True):
+        assert b["geometry"].equals_exact(a["geometry"], 0), a
+        assert {k: v for k, v in a.items() if k != "geometry"} == {
+            k: v for k, v in b.items() if k != "geometry"
+        }
+    assert shaper.shape_many([]) == []
