@@ -39,7 +39,16 @@ def test_bash_completion_knows_commands_options_and_choices():
     assert _complete("rscrisis train --device ", 3) == ["auto", "cpu", "cuda"]
 
 
-def test_the_completion_script_is_printed_for_bash(invoke):
+def test_the_completion_script_is_printed_for_the_shell_named(invoke, monkeypatch):
+    # typer guesses the shell from the parent processes, and then ignores a name after
+    # --show-completion: under a parent that is no shell (cron, a detached job) it printed
+    # "Shell  not supported". With the guess off, the option takes the shell's name, so the
+    # test no longer depends on what started pytest.
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     r = invoke("--show-completion", "bash")
     assert r.exit_code == 0, (r.output, r.exception)
-    assert "_rscrisis_completion" in r.stdout
+    assert "_rscrisis_completion" in r.stdout and "complete_bash" in r.stdout
+    assert "_RSCRISIS_COMPLETE" in r.stdout
+    r = invoke("--show-completion", "zsh")
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "#compdef rscrisis" in r.stdout and "complete_zsh" in r.stdout
