@@ -52,3 +52,19 @@ def test_the_completion_script_is_printed_for_the_shell_named(invoke, monkeypatc
     r = invoke("--show-completion", "zsh")
     assert r.exit_code == 0, (r.output, r.exception)
     assert "#compdef rscrisis" in r.stdout and "complete_zsh" in r.stdout
+
+
+def test_a_named_shells_script_comes_from_the_environment_variable_the_readme_gives():
+    # README: `_RSCRISIS_COMPLETE=source_zsh rscrisis`, whatever shell (if any) runs it
+    for shell, marker in (("zsh", "#compdef rscrisis"), ("bash", "complete -o default -F"),
+                          ("fish", "complete --command rscrisis")):  # fmt: skip
+        env = {**os.environ, "_RSCRISIS_COMPLETE": f"source_{shell}"}
+        done = subprocess.run(
+            [sys.executable, "-c", "from rscrisis.cli.main import run; run()"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert marker in done.stdout and f"complete_{shell}" in done.stdout, shell
