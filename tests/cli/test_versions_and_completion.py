@@ -19,18 +19,23 @@ def test_show_versions_names_what_a_bug_report_needs(invoke):
     assert fields["gdal"].strip() == rasterio.__gdal_version__
 
 
-def _complete(words: str, cword: int) -> list[str]:
-    env = {**os.environ, "_RSCRISIS_COMPLETE": "complete_bash", "COMP_WORDS": words,
-           "COMP_CWORD": str(cword)}  # fmt: skip
+def _run_cli(**env: str) -> str:
+    """The console script's stdout, run in a process of its own with ``env`` added."""
     done = subprocess.run(
         [sys.executable, "-c", "from rscrisis.cli.main import run; run()"],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, **env},
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout.split()
+    return done.stdout
+
+
+def _complete(words: str, cword: int) -> list[str]:
+    return _run_cli(
+        _RSCRISIS_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=str(cword)
+    ).split()
 
 
 def test_bash_completion_knows_commands_options_and_choices():
@@ -58,13 +63,5 @@ def test_a_named_shells_script_comes_from_the_environment_variable_the_readme_gi
     # README: `_RSCRISIS_COMPLETE=source_zsh rscrisis`, whatever shell (if any) runs it
     for shell, marker in (("zsh", "#compdef rscrisis"), ("bash", "complete -o default -F"),
                           ("fish", "complete --command rscrisis")):  # fmt: skip
-        env = {**os.environ, "_RSCRISIS_COMPLETE": f"source_{shell}"}
-        done = subprocess.run(
-            [sys.executable, "-c", "from rscrisis.cli.main import run; run()"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        assert marker in done.stdout and f"complete_{shell}" in done.stdout, shell
+        script = _run_cli(_RSCRISIS_COMPLETE=f"source_{shell}")
+        assert marker in script and f"complete_{shell}" in script, shell
