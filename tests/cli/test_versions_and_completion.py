@@ -19,6 +19,14 @@ def test_show_versions_names_what_a_bug_report_needs(invoke):
     assert fields["gdal"].strip() == rasterio.__gdal_version__
 
 
+#: a line each shell's completion script holds and the others do not
+SCRIPT_MARKERS = {
+    "bash": "complete -o default -F _rscrisis_completion rscrisis",
+    "zsh": "#compdef rscrisis",
+    "fish": "complete --command rscrisis",
+}
+
+
 def _run_cli(**env: str) -> str:
     """The console script's stdout, run in a process of its own with ``env`` added."""
     done = subprocess.run(
@@ -50,18 +58,15 @@ def test_the_completion_script_is_printed_for_the_shell_named(invoke, monkeypatc
     # "Shell  not supported". With the guess off, the option takes the shell's name, so the
     # test no longer depends on what started pytest.
     monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
-    r = invoke("--show-completion", "bash")
-    assert r.exit_code == 0, (r.output, r.exception)
-    assert "_rscrisis_completion" in r.stdout and "complete_bash" in r.stdout
-    assert "_RSCRISIS_COMPLETE" in r.stdout
-    r = invoke("--show-completion", "zsh")
-    assert r.exit_code == 0, (r.output, r.exception)
-    assert "#compdef rscrisis" in r.stdout and "complete_zsh" in r.stdout
+    for shell in ("bash", "zsh"):
+        r = invoke("--show-completion", shell)
+        assert r.exit_code == 0, (r.output, r.exception)
+        assert SCRIPT_MARKERS[shell] in r.stdout and f"complete_{shell}" in r.stdout, shell
+        assert "_RSCRISIS_COMPLETE" in r.stdout
 
 
 def test_a_named_shells_script_comes_from_the_environment_variable_the_readme_gives():
     # README: `_RSCRISIS_COMPLETE=source_zsh rscrisis`, whatever shell (if any) runs it
-    for shell, marker in (("zsh", "#compdef rscrisis"), ("bash", "complete -o default -F"),
-                          ("fish", "complete --command rscrisis")):  # fmt: skip
+    for shell, marker in SCRIPT_MARKERS.items():
         script = _run_cli(_RSCRISIS_COMPLETE=f"source_{shell}")
         assert marker in script and f"complete_{shell}" in script, shell
